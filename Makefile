@@ -1,0 +1,15 @@
+# Conveniences over scripts/: the scripts are what the README and CI run.
+.PHONY: install test lint run bench demo
+install:
+	bash scripts/setup.sh
+test:
+	bash scripts/test.sh
+lint: install
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+run:
+	bash scripts/run.sh
+demo:
+	bash scripts/demo.sh
+bench: install
+	.venv/bin/python bench/bench_tokens.py
+	.venv/bin/python bench/bench_proxy.py

@@ -1,0 +1,128 @@
+"""The application factory: the only place that wires the broker together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from broker.cors import on_prepare
+from broker.guard import BruteForceGuard
+from broker.key_admin import KeyAdmin
+from broker.key_auth import KeyVerifier
+from broker.key_cache import KeyCache
+from broker.key_policy import KeyPolicy
+from broker.metrics import Metrics
+from broker.middlewares import broker_middleware
+from broker.models import RegistryWatcher, load_registry
+from broker.proxy import CubeAccess
+from broker.requests import MAX_BODY
+from broker.routes import setup_routes
+from broker.settings import Settings
+from broker.state import (
+    CUBE,
+    CUBE_ACCESS,
+    GUARD,
+    KEY_ADMIN,
+    KEY_CACHE,
+    KEY_POLICY,
+    KEY_VERIFIER,
+    METRICS,
+    REGISTRY,
+    SETTINGS,
+    STORE,
+    TOKEN_VERIFIER,
+    TOKENS,
+    USAGE,
+)
+from broker.store import open_store
+from broker.token_auth import TokenVerifier
+from broker.tokens import TokenPolicy, TokenService
+from broker.upstream import CubeClient, new_session
+from broker.usage import UsageRecorder
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the app. Loads the model registry now, so a bad registry fails here with a
+    ``ConfigError``; the store and background tasks start with the app."""
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[broker_middleware],
+    )
+    # The broker writes its own redacted access line; aiohttp's would log raw query
+    # strings (and with them any ?api_key=), whoever runs the app.
+    logging.getLogger("aiohttp.access").disabled = True
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
+    app.on_response_prepare.append(on_prepare)
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_upstream)
+    app.cleanup_ctx.append(_key_change_feed)
+    app.cleanup_ctx.append(_usage_flushing)
+    app.cleanup_ctx.append(_registry_polling)
+    setup_routes(app)
+    return app
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = open_store(app[SETTINGS].store_url)
+    cache = KeyCache(store)
+    app[STORE] = store
+    app[KEY_CACHE] = cache
+    app[KEY_ADMIN] = KeyAdmin(store, cache)
+    settings = app[SETTINGS]
+    app[USAGE] = UsageRecorder(store)
+    app[KEY_POLICY] = KeyPolicy(store, app[USAGE], app[METRICS])
+    app[KEY_VERIFIER] = KeyVerifier(cache, app[KEY_POLICY])
+    app[GUARD] = BruteForceGuard(store, settings.brute_force_limit)
+    token_policy = TokenPolicy(
+        settings.api_secret, settings.token_ttl, settings.token_min_remaining
+    )
+    app[TOKENS] = TokenService(store, token_policy, app[METRICS])
+    app[TOKEN_VERIFIER] = TokenVerifier(settings.api_secret, store, cache)
+    app[CUBE_ACCESS] = CubeAccess(
+        app[KEY_VERIFIER], app[TOKENS], app[TOKEN_VERIFIER], app[REGISTRY], app[KEY_POLICY]
+    )
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with new_session(settings) as session:
+        app[CUBE] = CubeClient(session, settings.cube_url, app[METRICS])
+        yield
+
+
+async def _key_change_feed(app: web.Application) -> AsyncIterator[None]:
+    async with _background(app[KEY_CACHE].follow_changes()):
+        yield
+
+
+async def _usage_flushing(app: web.Application) -> AsyncIterator[None]:
+    async with _background(app[USAGE].run()):
+        yield
+
+
+async def _registry_polling(app: web.Application) -> AsyncIterator[None]:
+    async with _background(app[REGISTRY].run(app[SETTINGS].models_poll_interval)):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``coro`` as a task for the life of the block; cancel and await it after."""
+    task = asyncio.create_task(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

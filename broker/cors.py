@@ -1,0 +1,39 @@
+"""CORS for browser dashboards (SPEC §8) and the ``X-Request-Id`` answer header.
+
+Both are set in ``on_response_prepare``, the one hook every answer passes through just
+before its headers are sent, streamed proxy answers and error answers included.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.state import REQUEST_ID, SETTINGS
+
+ALLOWED_HEADERS = "Authorization, Content-Type, X-API-KEY, X-Semantic-Model, X-Request-Id"
+ALLOWED_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
+PREFLIGHT_MAX_AGE = "600"
+
+
+def is_preflight(request: web.Request) -> bool:
+    """A CORS preflight: answered 204 on any path, its headers set by :func:`on_prepare`."""
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
+    origin = request.headers.get("Origin")
+    allowed = request.app[SETTINGS].cors_origins
+    if origin is None or not allowed:
+        return
+    response.headers.add("Vary", "Origin")  # the answer depends on it, allowed or not
+    if origin not in allowed:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+    if is_preflight(request):
+        response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+        response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE

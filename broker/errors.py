@@ -1,0 +1,117 @@
+"""The broker's own error hierarchy.
+
+Domain code raises these; one middleware (:mod:`broker.middlewares`) turns them into the
+JSON error shape of SPEC §3. Messages are written for a person and must never contain a
+secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class BrokerError(Exception):
+    """Base class: an HTTP status, a stable machine code and a human message."""
+
+    status: int = 500
+    code: str = "internal_error"
+    default_message: str = "Internal server error."
+
+    def __init__(self, message: str | None = None, *, headers: Mapping[str, str] | None = None):
+        self.message = message or self.default_message
+        self.headers: dict[str, str] = dict(headers or {})
+        super().__init__(self.message)
+
+
+class InvalidJSON(BrokerError):
+    status, code, default_message = 400, "invalid_json", "The request body is not valid JSON."
+
+
+class BadRequest(BrokerError):
+    status, code, default_message = 400, "bad_request", "The request is malformed."
+
+
+class Unauthorized(BrokerError):
+    """A missing, malformed, unknown, wrong, expired, inactive or revoked credential.
+
+    ``reason`` is for metrics and logs only; the caller always sees the same message.
+    """
+
+    status, code, default_message = 401, "unauthorized", "Missing or invalid credentials."
+
+    def __init__(self, reason: str = "invalid", message: str | None = None):
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+        self.reason = reason
+
+
+class Forbidden(BrokerError):
+    status, code, default_message = 403, "forbidden", "The credential lacks the required right."
+
+
+class IPNotAllowed(BrokerError):
+    status, code = 403, "ip_not_allowed"
+    default_message = "Requests from this address are not allowed for this key."
+
+
+class AdminDisabled(BrokerError):
+    status, code = 403, "admin_disabled"
+    default_message = "The admin API is disabled: no admin key is configured."
+
+
+class NotFound(BrokerError):
+    status, code, default_message = 404, "not_found", "Not found."
+
+
+class MethodNotAllowed(BrokerError):
+    status, code, default_message = 405, "method_not_allowed", "Method not allowed."
+
+
+class Conflict(BrokerError):
+    status, code, default_message = 409, "conflict", "The change is impossible in this state."
+
+
+class PayloadTooLarge(BrokerError):
+    status, code = 413, "payload_too_large"
+    default_message = "The request body is larger than 1 MiB."
+
+
+class ValidationFailed(BrokerError):
+    status, code, default_message = 422, "validation_failed", "The request is invalid."
+
+    def __init__(self, details: Sequence[FieldError], message: str | None = None):
+        if message is None:
+            message = "; ".join(f"{d.field}: {d.message}" for d in details) or None
+        super().__init__(message)
+        self.details = list(details)
+
+
+class RateLimited(BrokerError):
+    status, code, default_message = 429, "rate_limited", "Too many requests."
+
+    def __init__(self, retry_after: float, message: str | None = None):
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(message, headers={"Retry-After": str(seconds)})
+        self.retry_after = seconds
+
+
+class BadGateway(BrokerError):
+    status, code, default_message = 502, "bad_gateway", "Cube is unreachable or answered badly."
+
+
+class StoreUnavailable(BrokerError):
+    status, code, default_message = 503, "store_unavailable", "The store does not answer."
+
+
+class GatewayTimeout(BrokerError):
+    status, code, default_message = 504, "gateway_timeout", "Cube did not answer in time."
+
+
+class ConfigError(Exception):
+    """A bad setting or registry: one line naming the variable or file and what is wrong."""

@@ -1,0 +1,50 @@
+"""The brute-force guard (SPEC §3): a client address that keeps failing authentication
+is refused (429) for the rest of the window.
+
+Failures are counted per client IP in the store, so every replica's failures add up; a
+replica that sees the count cross the threshold refuses that address locally until the
+window closes (other replicas follow on that address's next failure there). The guard
+never looks at which key was tried, so nobody can lock a key holder out from another
+address.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cachetools import TTLCache
+
+from broker.errors import RateLimited, StoreUnavailable
+from broker.store import Store
+
+log = logging.getLogger("broker.guard")
+
+WINDOW = 60.0
+
+
+class BruteForceGuard:
+    def __init__(self, store: Store, threshold: int, window: float = WINDOW) -> None:
+        self._store = store
+        self._threshold = threshold
+        self._window = window
+        self._blocked: TTLCache[str, float] = TTLCache(maxsize=100_000, ttl=window)
+
+    def check(self, subject: str) -> None:
+        """Raise ``RateLimited`` while ``subject`` (a client address) is blocked."""
+        until = self._blocked.get(subject)
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                raise RateLimited(left, "Too many failed authentications from this address.")
+
+    async def failed(self, subject: str) -> None:
+        """Count a failed authentication of ``subject``; block it once over the threshold."""
+        try:
+            count, left = await self._store.count_failure(f"ip:{subject}", self._window)
+        except StoreUnavailable:
+            return  # authentication is failing closed anyway while the store is down
+        if count >= self._threshold:
+            if subject not in self._blocked:
+                log.warning("blocking %s after %d failed authentications", subject, count)
+            self._blocked[subject] = time.monotonic() + left

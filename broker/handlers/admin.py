@@ -1,0 +1,71 @@
+"""Admin API handlers (SPEC §4): parse, call :class:`KeyAdmin`, serialize."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.errors import AdminDisabled, FieldError, Unauthorized, ValidationFailed
+from broker.key_admin import DEFAULT_PAGE, MAX_PAGE
+from broker.key_validation import validate_create, validate_patch, validate_rotate
+from broker.requests import admin_credential, read_json_object
+from broker.state import KEY_ADMIN, KEY_PUBLIC_ID, SETTINGS
+
+
+def require_admin(request: web.Request) -> None:
+    admin_key = request.app[SETTINGS].admin_key
+    if admin_key is None:
+        raise AdminDisabled()
+    presented = admin_credential(request)
+    if presented is None:
+        raise Unauthorized("missing")
+    if not admin_key.matches(presented):
+        raise Unauthorized("wrong_admin_key")
+
+
+async def create_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    values = validate_create(await read_json_object(request))
+    plaintext, record = await request.app[KEY_ADMIN].create(values)
+    request[KEY_PUBLIC_ID] = record.public_id
+    return web.json_response({"api_key": plaintext, "record": record.public()}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    require_admin(request)
+    limit = _limit(request.query.get("limit"))
+    records, cursor = await request.app[KEY_ADMIN].list_keys(limit, request.query.get("cursor"))
+    return web.json_response({"keys": [r.public() for r in records], "next_cursor": cursor})
+
+
+async def show_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    record = await request.app[KEY_ADMIN].get(request.match_info["id"])
+    return web.json_response(record.public())
+
+
+async def update_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    changes = validate_patch(await read_json_object(request))
+    record = await request.app[KEY_ADMIN].update(request.match_info["id"], changes)
+    return web.json_response(record.public())
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    await request.app[KEY_ADMIN].revoke(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    grace = validate_rotate(await read_json_object(request, optional=True))
+    plaintext, record = await request.app[KEY_ADMIN].rotate(request.match_info["id"], grace)
+    return web.json_response({"api_key": plaintext, "record": record.public()})
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ValidationFailed([FieldError("limit", f"must be an integer from 1 to {MAX_PAGE}")])
+    return int(raw)

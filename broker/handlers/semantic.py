@@ -1,0 +1,103 @@
+"""Semantic-model API (SPEC §5, §6) for Athena-key holders: tokens, metadata, queries."""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from broker.errors import FieldError, NotFound, ValidationFailed
+from broker.models import SemanticModel
+from broker.query import fetch_meta, run_query
+from broker.records import KeyRecord
+from broker.requests import key_credential, read_json_object
+from broker.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE
+from broker.state import (
+    CLIENT_IP,
+    CUBE,
+    KEY_PUBLIC_ID,
+    KEY_VERIFIER,
+    MODEL_ID,
+    REGISTRY,
+    REQUEST_ID,
+    SETTINGS,
+    TOKENS,
+)
+from broker.timeutil import to_iso
+
+
+async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord, SemanticModel]:
+    """Authenticate the Athena key, require ``right`` on the path's model, find the model.
+
+    The key is checked first, so an unauthenticated caller learns nothing about which
+    models exist (401 before 404).
+    """
+    asset_id = request.match_info["asset_id"]
+    record = await request.app[KEY_VERIFIER].authorize(
+        key_credential(request), right, asset_id, request[CLIENT_IP]
+    )
+    request[KEY_PUBLIC_ID] = record.public_id
+    model = request.app[REGISTRY].current.get(asset_id)
+    if model is None:
+        raise NotFound("No semantic model with this asset ID.")
+    request[MODEL_ID] = model.asset_id
+    return record, model
+
+
+async def generate_token(request: web.Request) -> web.Response:
+    record, model = await authorized_model(request, TOKEN_CREATE)
+    token = await request.app[TOKENS].token_for(record, model)
+    body = _token_answer(request.app[SETTINGS].public_url, token.token, token.expires_at)
+    return web.Response(body=body, content_type="application/json")
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_answer(public_url: str, token: str, expires_at: int) -> bytes:
+    """The generate-token answer, serialized once per token (it is the hot path)."""
+    return json.dumps(
+        {
+            "cube_url": f"{public_url}/cubejs-api/v1",
+            "expires_at": to_iso(datetime.fromtimestamp(expires_at, UTC)),
+            "token": token,
+        }
+    ).encode()
+
+
+async def metadata(request: web.Request) -> web.Response:
+    record, model = await authorized_model(request, META_READ)
+    token = await request.app[TOKENS].token_for(record, model)
+    status, parsed, raw, content_type = await fetch_meta(
+        request.app[CUBE], token.token, request[REQUEST_ID]
+    )
+    if status != 200:
+        return web.Response(status=status, body=raw, headers={"Content-Type": content_type})
+    return web.json_response(
+        {
+            "asset_id": model.asset_id,
+            "name": model.name,
+            "schema_hash": model.schema_hash,
+            "cubes": parsed["cubes"],
+        }
+    )
+
+
+async def query(request: web.Request) -> web.Response:
+    record, model = await authorized_model(request, QUERY_EXECUTE)
+    body = await read_json_object(request)
+    cube_query = body.get("query")
+    unknown = [FieldError(k, "unknown field") for k in body if k != "query"]
+    if not isinstance(cube_query, dict) or unknown:
+        problem = (
+            []
+            if isinstance(cube_query, dict)
+            else [FieldError("query", "is required and must be a JSON object (a Cube query)")]
+        )
+        raise ValidationFailed(problem + unknown)
+    token = await request.app[TOKENS].token_for(record, model)
+    status, raw, content_type = await run_query(
+        request.app[CUBE], token.token, cube_query, request[REQUEST_ID],
+        request.app[SETTINGS].query_timeout,
+    )  # fmt: skip
+    return web.Response(status=status, body=raw, headers={"Content-Type": content_type})

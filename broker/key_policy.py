@@ -1,0 +1,112 @@
+"""Per-key policies applied after a key's credential checked out (SPEC §4): IP rules,
+virgin mode, the per-key rate limit, and usage counting."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from datetime import datetime
+
+from broker.errors import IPNotAllowed, RateLimited, StoreUnavailable
+from broker.metrics import Metrics
+from broker.netaddr import matches, plain
+from broker.records import KeyRecord
+from broker.store import Store
+from broker.timeutil import utcnow
+from broker.usage import UsageRecorder
+
+log = logging.getLogger("broker.keys")
+
+RATE_PERIOD = 60.0
+#: How long a query Cube answered "Continue wait" may be polled without being counted.
+POLL_GRACE = 120.0
+_SPAN_SUFFIX = re.compile(r"-span-\d+$")
+
+
+def check_ip(record: KeyRecord, ip: str) -> None:
+    """Blacklist first, then a non-empty whitelist must match."""
+    if matches(ip, record.ip_blacklist):
+        raise IPNotAllowed("This address is blacklisted for this key.")
+    if record.ip_whitelist and not matches(ip, record.ip_whitelist):
+        raise IPNotAllowed()
+
+
+def virgin_use(record: KeyRecord, ip: str, now: datetime) -> KeyRecord:
+    """One successful authentication of a virgin-mode key from ``ip``: count it, learn a new
+    address while unlocked (never beyond ``max_whitelist_ips``), lock when a limit is
+    reached. A pure function, so a store can apply it atomically (and retry it).
+    Raises ``IPNotAllowed`` (nothing changes) for an address the key may not use."""
+    address = plain(ip)
+    whitelist = record.ip_whitelist
+    if matches(address, record.ip_blacklist):
+        raise IPNotAllowed("This address is blacklisted for this key.")
+    if not matches(address, whitelist):
+        cap = record.max_whitelist_ips
+        if record.locked or (cap > 0 and len(whitelist) >= cap):
+            raise IPNotAllowed()
+        whitelist = (*whitelist, address)
+    count = record.request_count + 1
+    locked = (
+        record.locked
+        or (record.virgin_until_n_requests > 0 and count >= record.virgin_until_n_requests)
+        or (record.max_whitelist_ips > 0 and len(whitelist) >= record.max_whitelist_ips)
+    )
+    return dataclasses.replace(
+        record, ip_whitelist=whitelist, request_count=count, locked=locked, last_used_at=now
+    )
+
+
+def poll_identity(request_id: str | None) -> str | None:
+    """What stays the same across the polls of one query: the caller's request ID without
+    the ``-span-N`` suffix ``@cubejs-client/core`` adds per poll."""
+    if not request_id:
+        return None
+    return _SPAN_SUFFIX.sub("", request_id)
+
+
+class KeyPolicy:
+    def __init__(self, store: Store, usage: UsageRecorder, metrics: Metrics) -> None:
+        self._store = store
+        self._usage = usage
+        self._metrics = metrics
+
+    async def admit(self, record: KeyRecord, ip: str) -> KeyRecord:
+        """Apply the key's IP rules from ``ip`` and count the authentication. Virgin-mode
+        keys go through one atomic store update (exact counts, atomic learning); others
+        are counted in batches. Raises ``IPNotAllowed``."""
+        now = utcnow()
+        if record.virgin_mode:
+            updated = await self._store.update_key(record.id, lambda r: virgin_use(r, ip, now))
+            return updated if updated is not None else record
+        check_ip(record, ip)
+        self._usage.record(record.id, now)
+        return record
+
+    async def limit(self, record: KeyRecord, poll: str | None = None) -> None:
+        """Count one request against the key's rate limit; a request polling a query Cube
+        answered "Continue wait" (see :meth:`mark_poll`) is not counted again. Raises
+        ``RateLimited``. If the store does not answer, the request is let through: the
+        limiter fails open (authentication itself fails closed)."""
+        limit = record.rate_limit_per_minute
+        if limit <= 0:
+            return
+        mark = f"{record.id}:{poll}" if poll else None
+        try:
+            wait = await self._store.hit_rate_limit(f"key:{record.id}", limit, RATE_PERIOD, mark)
+        except StoreUnavailable:
+            self._metrics.store_errors.inc()
+            log.warning("rate limiter unavailable; letting the request through")
+            return
+        if wait > 0:
+            raise RateLimited(wait, f"Rate limit of {limit} requests per minute reached.")
+
+    async def mark_poll(self, record: KeyRecord, poll: str | None) -> None:
+        """Remember that Cube answered "Continue wait" to this query, so its next polls
+        are free."""
+        if record.rate_limit_per_minute <= 0 or not poll:
+            return
+        try:
+            await self._store.mark(f"{record.id}:{poll}", POLL_GRACE)
+        except StoreUnavailable:
+            self._metrics.store_errors.inc()

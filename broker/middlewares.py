@@ -1,0 +1,172 @@
+"""The broker's middleware: request context (ID, client address, access log, metrics), the
+brute-force guard, CORS preflights, and the one place errors become JSON."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from broker.cors import is_preflight
+from broker.errors import BadRequest as BadRequestError
+from broker.errors import (
+    BrokerError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    StoreUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
+from broker.logs import redact
+from broker.requests import client_ip
+from broker.state import CLIENT_IP, GUARD, KEY_PUBLIC_ID, METRICS, MODEL_ID, REQUEST_ID, SETTINGS
+
+access_log = logging.getLogger("broker.access")
+error_log = logging.getLogger("broker.errors")
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+_HTTP_ERRORS: dict[int, type[BrokerError]] = {
+    400: BadRequestError,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (``/admin/api-keys/{id}``), never the raw path."""
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def error_body(exc: BrokerError) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": "error", "message": exc.message, "error": exc.code}
+    if isinstance(exc, ValidationFailed):
+        body["details"] = [{"field": d.field, "message": d.message} for d in exc.details]
+    return body
+
+
+def error_response(exc: BrokerError) -> web.Response:
+    return web.json_response(error_body(exc), status=exc.status, headers=exc.headers)
+
+
+@web.middleware
+async def broker_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The broker's one middleware, in this order: request ID and client address, CORS
+    preflight, the brute-force guard, the handler; every error becomes SPEC §3's JSON
+    (:func:`map_error`); then metrics and one access-log line.
+
+    One layer rather than four: each aiohttp middleware layer costs a call chain on every
+    request, and this is the proxy's hot path.
+    """
+    started = time.perf_counter()
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else secrets.token_hex(16)
+    request[REQUEST_ID] = request_id
+    status = 500
+    try:
+        try:
+            request[CLIENT_IP] = client_ip(request, request.app[SETTINGS].trusted_proxies)
+            if is_preflight(request):
+                response: web.StreamResponse = web.Response(status=204)
+            else:
+                response = await _guarded(request, handler)
+        except Exception as exc:
+            response = map_error(request, exc)
+        status = response.status
+        return response
+    finally:
+        _account(request, status, time.perf_counter() - started)
+
+
+#: Operating endpoints stay reachable from an address the guard refuses.
+_UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse addresses the brute-force guard blocked and report failed authentications to
+    it (a missing credential is not an attempt).
+
+    Cube's callback (``/internal/``) is guarded apart from the public routes: in a sidecar
+    pod Cube and proxied dashboards may share an address, and bad tokens from one must not
+    cut the other off.
+    """
+    if request.path in _UNGUARDED:
+        return await handler(request)
+    ip = request[CLIENT_IP]
+    subject = f"internal:{ip}" if request.path.startswith("/internal/") else ip
+    guard = request.app[GUARD]
+    guard.check(subject)
+    try:
+        return await handler(request)
+    except Unauthorized as exc:
+        if exc.reason != "missing":
+            await guard.failed(subject)
+        raise
+
+
+def map_error(request: web.Request, exc: Exception) -> web.Response:
+    """SPEC §3's JSON answer for any error, aiohttp's own 404/405/413 included.
+
+    Unknown exceptions are logged once with their traceback and answered with a generic
+    500 that reveals nothing. A non-error ``HTTPException`` (a redirect) is re-raised.
+    """
+    if isinstance(exc, BrokerError):
+        metrics = request.app[METRICS]
+        if isinstance(exc, Unauthorized):
+            metrics.auth_failures.labels(exc.reason).inc()
+        elif isinstance(exc, StoreUnavailable):
+            metrics.store_errors.inc()
+        return error_response(exc)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        fallback = BadRequestError if exc.status < 500 else BrokerError
+        mapped = _HTTP_ERRORS.get(exc.status, fallback)()
+        mapped.status = exc.status
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            mapped.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return error_response(mapped)
+    error_log.exception(
+        "unhandled error in %s %s",
+        request.method,
+        redact(request.path),
+        extra={"request_id": request.get(REQUEST_ID)},
+        exc_info=exc,
+    )
+    return error_response(BrokerError())
+
+
+def _account(request: web.Request, status: int, elapsed: float) -> None:
+    """Count and time the request, and write its access-log line."""
+    request.app[METRICS].observe_request(route_template(request), request.method, status, elapsed)
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    path = redact(request.path_qs)
+    access_log.info(
+        "%s %s %s",
+        request.method,
+        path,
+        status,
+        extra={
+            "request_id": request[REQUEST_ID],
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "key": request.get(KEY_PUBLIC_ID),
+            "model": request.get(MODEL_ID),
+            "client_ip": request.get(CLIENT_IP, request.remote),
+        },
+    )

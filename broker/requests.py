@@ -1,0 +1,81 @@
+"""Reading requests: JSON bodies, presented credentials, the client address."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from aiohttp import web
+
+from broker.errors import InvalidJSON
+from broker.netaddr import parse_ip, plain
+from broker.settings import Network
+
+MAX_BODY = 1024 * 1024
+
+
+async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object. An empty body is ``{}`` when ``optional``.
+
+    Raises ``InvalidJSON``; a body over 1 MiB makes aiohttp raise 413 first.
+    """
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise InvalidJSON("The request body is empty; a JSON object is required.")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJSON() from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return data
+
+
+def split_bearer(authorization: str) -> str | None:
+    """The credential of an ``Authorization: Bearer <x>`` value, else ``None``."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def bearer(request: web.Request) -> str | None:
+    return split_bearer(request.headers.get("Authorization", ""))
+
+
+def admin_credential(request: web.Request) -> str | None:
+    """The admin key from any of the five places SPEC §4 allows."""
+    for header in ("apikey", "X-API-Key", "X-Athena-Key"):
+        value = request.headers.get(header)
+        if value:
+            return value
+    return bearer(request) or request.query.get("api_key") or None
+
+
+def key_credential(request: web.Request) -> str | None:
+    """An Athena key from ``X-API-KEY`` or ``Authorization: Bearer``."""
+    return request.headers.get("X-API-Key") or bearer(request)
+
+
+def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
+    """The client's address: the socket peer, unless the peer is a trusted proxy, in which
+    case the right-most address of ``X-Forwarded-For`` that is not a trusted proxy."""
+    peer = request.remote or ""
+    if not trusted or not _is_trusted(peer, trusted):
+        return plain(peer)
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        if not _is_trusted(hop, trusted):
+            return plain(hop)
+    return plain(peer)
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_trusted(addr: str, trusted: tuple[Network, ...]) -> bool:
+    ip = parse_ip(addr)
+    return ip is not None and any(ip in net for net in trusted)

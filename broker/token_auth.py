@@ -1,0 +1,93 @@
+"""Where Cube tokens presented to the proxy are verified (SPEC §5, §8).
+
+A valid signature is not enough: the token's ``jti`` must be one the broker minted, and
+the key that minted it must still be good (not revoked, inactive or expired). Per replica
+this costs at most one store lookup per token: verified claims and ``jti`` owners are
+cached in process (an owner never changes; an unknown ``jti`` stays unknown, because the
+store records a ``jti`` before its token is ever handed out). The key's state comes from
+the change-feed-invalidated :class:`KeyCache`, so a revoke reaches the proxy within the
+feed's poll interval without a store round trip per request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+from cachetools import LRUCache, TTLCache
+
+from broker.errors import Unauthorized
+from broker.key_cache import KeyCache
+from broker.records import KeyRecord
+from broker.secret import Secret
+from broker.store import Store
+from broker.timeutil import utcnow
+from broker.tokens import ALGORITHM
+
+_REQUIRED = ("model_id", "schema_hash", "iat", "exp", "jti")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    model_id: str
+    schema_hash: str
+    exp: int
+    jti: str
+
+
+class TokenVerifier:
+    def __init__(self, secret: Secret, store: Store, keys: KeyCache) -> None:
+        self._secret = secret
+        self._store = store
+        self._keys = keys
+        self._claims: LRUCache[str, TokenClaims] = LRUCache(maxsize=100_000)
+        self._owners: LRUCache[str, str] = LRUCache(maxsize=100_000)
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=300)
+
+    async def verify(self, token: str) -> tuple[TokenClaims, KeyRecord]:
+        """The claims and the minting key's record of a token the broker minted and whose
+        key is still good; raises ``Unauthorized``."""
+        claims = self._decode(token)
+        owner = await self._owner(claims.jti)
+        record = await self._keys.get(owner)
+        if record is None or record.revoked_at is not None:
+            raise Unauthorized("revoked_token")
+        if not record.is_active or record.is_expired(utcnow()):
+            raise Unauthorized("inactive_token")
+        return claims, record
+
+    def _decode(self, token: str) -> TokenClaims:
+        claims = self._claims.get(token)
+        if claims is None:
+            try:
+                raw = jwt.decode(
+                    token,
+                    self._secret.reveal(),
+                    algorithms=[ALGORITHM],
+                    options={"require": list(_REQUIRED)},
+                )
+            except jwt.ExpiredSignatureError:
+                raise Unauthorized("expired_token") from None
+            except jwt.InvalidTokenError:
+                raise Unauthorized("invalid_token") from None
+            if not all(isinstance(raw[c], str) for c in ("model_id", "schema_hash", "jti")):
+                raise Unauthorized("invalid_token")
+            claims = TokenClaims(raw["model_id"], raw["schema_hash"], int(raw["exp"]), raw["jti"])
+            self._claims[token] = claims
+        elif claims.exp <= time.time():
+            raise Unauthorized("expired_token")
+        return claims
+
+    async def _owner(self, jti: str) -> str:
+        owner = self._owners.get(jti)
+        if owner is not None:
+            return owner
+        if jti in self._unknown:
+            raise Unauthorized("unknown_token")
+        owner = await self._store.token_owner(jti)
+        if owner is None:
+            self._unknown[jti] = True
+            raise Unauthorized("unknown_token")
+        self._owners[jti] = owner
+        return owner

@@ -1,0 +1,122 @@
+"""Where Cube is spoken to: one shared ``ClientSession`` with a bounded keep-alive pool,
+and the mapping of every upstream failure to 502 or 504."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from broker.errors import BadGateway, GatewayTimeout
+from broker.metrics import Metrics
+from broker.settings import Settings
+
+
+def new_session(settings: Settings) -> aiohttp.ClientSession:
+    """The upstream session: pool of ``upstream_pool_size`` keep-alive connections; bodies
+    pass through still encoded (no auto-decompression), so bytes reach the caller as Cube
+    sent them."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_pool_size, limit_per_host=0, keepalive_timeout=30
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.upstream_connect_timeout,
+        sock_connect=settings.upstream_connect_timeout,
+        sock_read=settings.upstream_timeout,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    )
+
+
+class CubeClient:
+    """Requests to Cube's REST API at ``base_url``."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, metrics: Metrics) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._metrics = metrics
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        time_limit: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request; ``path_qs`` is the raw, still-encoded path and query, sent
+        byte for byte. Yields the response once its headers arrived.
+
+        Raises ``BadGateway`` (Cube unreachable, connection broken) or ``GatewayTimeout``
+        (no answer in time) for failures before the headers arrived.
+        """
+        url = URL(self._base + path_qs, encoded=True)
+        kwargs: dict[str, Any] = {"headers": headers, "data": body, "allow_redirects": False}
+        if time_limit is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=time_limit,
+                connect=min(time_limit, self._session.timeout.connect or time_limit),
+            )
+        started = time.perf_counter()
+        with self._failures():
+            response = await self._session.request(method, url, **kwargs)
+        self._metrics.upstream_duration.observe(time.perf_counter() - started)
+        try:
+            yield response
+        finally:
+            response.release()
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """The one mapping of upstream failures: no answer in time is ``GatewayTimeout``,
+        an unreachable or misbehaving Cube ``BadGateway``; each is counted by kind."""
+        try:
+            yield
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            self._metrics.upstream_errors.labels("timeout").inc()
+            raise GatewayTimeout() from None
+        except aiohttp.ClientConnectorError:
+            self._metrics.upstream_errors.labels("connect").inc()
+            raise BadGateway("Cube is unreachable.") from None
+        except aiohttp.ClientError:
+            self._metrics.upstream_errors.labels("protocol").inc()
+            raise BadGateway("Cube's answer was broken.") from None
+
+    async def call_json(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        *,
+        payload: Any = None,
+        request_id: str | None = None,
+        time_limit: float | None = None,
+    ) -> tuple[int, Any, bytes, str]:
+        """A JSON call for the broker's own API: (status, parsed body or None, raw body,
+        content type). Raises ``BadGateway`` when the body cannot be read."""
+        headers = {"Authorization": token, "Accept": "application/json"}
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        body = None
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(payload).encode()
+        async with self.request(method, path, headers, body, time_limit) as resp:
+            with self._failures():
+                raw = await resp.read()
+            try:
+                parsed = json.loads(raw) if raw else None
+            except (ValueError, UnicodeDecodeError):
+                parsed = None
+            return resp.status, parsed, raw, resp.headers.get("Content-Type", "")

@@ -1,0 +1,230 @@
+"""``make demo``: the whole path on loopback, then nothing left behind.
+
+Starts a private PostgreSQL cluster holding the sample table ``shop.public.orders``, the
+broker (``python -m broker serve``) with a temporary registry of the sample model
+``config/models/orders`` pointing at that cluster, and the real Cube server with
+``deploy/cube/cube.js``; creates an Athena key through the admin API, mints a token and
+runs a real query through the broker, printing each step as the equivalent ``curl``
+command and the answer. Everything runs on free ports of 127.0.0.1 with throw-away
+secrets, and is stopped and removed at the end, also on errors, Ctrl-C or SIGTERM.
+
+The process helpers are those of the end-to-end tests (``tests/services.py``). Run it
+through ``scripts/demo.sh``, which first installs what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import quote
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.services import (  # noqa: E402  (after the sys.path entry above)
+    ORDERS_ROWS,
+    HTTPProcess,
+    free_port,
+    start_broker,
+    start_cube,
+    start_postgres,
+    write_registry,
+)
+
+#: The environment variable through which the broker gets the database password.
+PASSWORD_VARIABLE = "DEMO_DB_PASSWORD"  # noqa: S105  (a variable name)
+QUERY = {
+    "measures": ["orders.count", "orders.total_amount"],
+    "dimensions": ["orders.status"],
+    "order": {"orders.status": "asc"},
+}
+
+
+def heading(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def show(command: str, answer: object | None = None) -> None:
+    print(f"$ {command}")
+    if answer is not None:
+        print(json.dumps(answer, indent=2))
+    sys.stdout.flush()
+
+
+def abridged(secret: str) -> str:
+    return f"{secret[:12]}…" if len(secret) > 12 else secret
+
+
+def call(
+    method: str, url: str, *, headers: dict[str, str], body: object | None = None
+) -> tuple[int, Any]:
+    """One HTTP request with an optional JSON body: the status and the parsed answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310  (always http://127.0.0.1)
+        url, data=data, method=method, headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def expect(status: int, answer: Any, wanted: int, what: str) -> None:
+    if status != wanted:
+        raise RuntimeError(f"{what}: HTTP {status}: {json.dumps(answer)}")
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def demo(stack: ExitStack) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="broker-demo-"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    api_secret = secrets.token_urlsafe(32)
+    callback_secret = secrets.token_urlsafe(32)
+    admin_key = secrets.token_urlsafe(32)
+
+    heading("1. A private PostgreSQL with the sample table")
+    postgres = start_postgres()
+    stack.callback(postgres.stop)
+    print(
+        f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/{postgres.database}"
+        f", table public.orders ({len(ORDERS_ROWS)} rows):"
+    )
+    print(postgres.psql("SELECT id, status, created_at, amount FROM public.orders ORDER BY id"))
+
+    heading("2. The broker")
+    registry = write_registry(
+        workdir, postgres, models=REPO / "config" / "models", password_variable=PASSWORD_VARIABLE
+    )
+    cube_port = free_port()
+    broker: HTTPProcess = start_broker(
+        {
+            "CUBEJS_API_SECRET": api_secret,
+            "BROKER_CALLBACK_SECRET": callback_secret,
+            "ATHENA_KEY_12": admin_key,
+            "BROKER_STORE": f"sqlite:///{workdir}/store/broker.db",
+            "BROKER_MODELS": str(registry),
+            "BROKER_CUBE_URL": f"http://127.0.0.1:{cube_port}",
+            "BROKER_LOG_FORMAT": "json",
+            "BROKER_SHUTDOWN_GRACE": "2",
+            PASSWORD_VARIABLE: postgres.password,
+        },
+        workdir,
+    )
+    stack.callback(broker.stop)
+    print(f"{broker.url} (log {broker.log_path}); registry {registry}:")
+    print(registry.read_text().rstrip())
+
+    heading("3. Cube 0.33.65 with deploy/cube/cube.js (no database credentials of its own)")
+    cube = start_cube(
+        api_secret=api_secret,
+        broker_url=broker.url,
+        callback_secret=callback_secret,
+        port=cube_port,
+    )
+    stack.callback(cube.stop)
+    print(
+        f"{cube.url}: CUBEJS_API_SECRET, BROKER_INTERNAL_URL={broker.url}, BROKER_CALLBACK_SECRET"
+    )
+
+    b = broker.url
+    print(f"\nIn the commands below: B={b}, ADMIN_KEY=<the admin key>, KEY and TOKEN as made.")
+
+    heading("4. Create an Athena key (admin API)")
+    new_key = {"name": "demo", "rights": ["semantic_model.*"]}
+    status, created = call(
+        "POST", f"{b}/admin/api-keys", headers={"X-API-Key": admin_key}, body=new_key
+    )
+    expect(status, created, 201, "creating a key")
+    key: str = created["api_key"]
+    show(
+        'curl -s -X POST $B/admin/api-keys -H "X-API-Key: $ADMIN_KEY" '
+        f"-H 'Content-Type: application/json' -d '{json.dumps(new_key)}'",
+        {**created, "api_key": abridged(key)},
+    )
+
+    heading("5. Mint a Cube token")
+    status, minted = call(
+        "POST", f"{b}/api/v0/semantic-model/orders/generate-token", headers={"X-API-KEY": key}
+    )
+    expect(status, minted, 200, "generate-token")
+    token: str = minted["token"]
+    show(
+        'curl -s -X POST $B/api/v0/semantic-model/orders/generate-token -H "X-API-KEY: $KEY"',
+        {**minted, "token": abridged(token)},
+    )
+
+    heading("6. A query through the semantic API (the broker follows Continue wait)")
+    status, result = call(
+        "POST",
+        f"{b}/api/v0/semantic-model/orders/query",
+        headers={"X-API-KEY": key},
+        body={"query": QUERY},
+    )
+    expect(status, result, 200, "the semantic query")
+    show(
+        'curl -s -X POST $B/api/v0/semantic-model/orders/query -H "X-API-KEY: $KEY" '
+        f"-H 'Content-Type: application/json' -d '{json.dumps({'query': QUERY})}'",
+        {"data": result["data"]},
+    )
+
+    heading("7. The same through Cube's REST API at cube_url, as @cubejs-client/core calls it")
+    url = f"{minted['cube_url']}/load?query={quote(json.dumps(QUERY), safe='')}"
+    deadline = time.monotonic() + 60
+    while True:
+        status, result = call("GET", url, headers={"Authorization": token})
+        if not (isinstance(result, dict) and result.get("error") == "Continue wait"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("Cube kept answering Continue wait for 60 s")
+        time.sleep(0.2)
+    expect(status, result, 200, "the load through the proxy")
+    show(
+        'curl -s -G "$CUBE_URL/load" -H "Authorization: $TOKEN" '
+        f"--data-urlencode 'query={json.dumps(QUERY)}'   # repeat while Continue wait",
+        {"data": result["data"]},
+    )
+
+
+def main() -> int:
+    """Run the demo; whatever happens, stop what it started (signals are ignored while
+    cleaning up, so a second Ctrl-C cannot leave processes behind)."""
+    for sig in _SIGNALS[1:]:
+        signal.signal(sig, _interrupt)  # SIGTERM and SIGHUP end the demo like Ctrl-C
+    stack = ExitStack()
+    try:
+        demo(stack)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        print(f"\ndemo failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        heading("Cleaning up: Cube, the broker, PostgreSQL, temporary folders")
+        stack.close()
+    print("done.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

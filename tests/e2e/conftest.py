@@ -1,0 +1,163 @@
+"""The end-to-end stack, started once per session: private PostgreSQL, the broker as a
+real listening process (``python -m broker serve``) and the real Cube server whose
+``deploy/cube/cube.js`` calls the broker's internal callback.
+
+Order matters: Cube's port is chosen first so the broker can be told where Cube is
+(``BROKER_CUBE_URL``), then the broker starts, then Cube with ``BROKER_INTERNAL_URL``
+pointing at it. The broker's registry is a temporary copy of the ``orders`` model whose
+data source is the private cluster, so tests may edit its files.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import pytest
+
+from broker.models import load_registry
+from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
+from tests.services import (
+    HTTPProcess,
+    PostgresServer,
+    free_port,
+    start_broker,
+    start_cube,
+    write_registry,
+)
+
+DATA = Path(__file__).parent.parent / "data"
+#: The environment variable through which the e2e broker gets the database password.
+PASSWORD_VARIABLE = "E2E_ORDERS_DB_PASSWORD"
+
+
+@dataclass(frozen=True)
+class Stack:
+    postgres: PostgresServer
+    broker: HTTPProcess
+    cube: HTTPProcess
+    registry_path: Path
+    #: An Athena key with every ``semantic_model`` right, made through the admin API.
+    athena_key: str
+
+    def schema_hash(self, model_id: str = "orders") -> str:
+        model = load_registry(self.registry_path).get(model_id)
+        assert model is not None, model_id
+        return model.schema_hash
+
+    def cube_token(self, model_id: str = "orders") -> str:
+        """A token minted by the broker (``generate-token`` with :attr:`athena_key`)."""
+        status, body = http_json(
+            "POST",
+            f"{self.broker.url}/api/v0/semantic-model/{model_id}/generate-token",
+            headers={"X-API-Key": self.athena_key},
+        )
+        assert status == 200, body
+        token: str = body["token"]
+        return token
+
+    def forged_token(self, model_id: str = "orders", ttl: int = 3600) -> str:
+        """A token shaped like the broker's and signed with the shared secret, but not
+        minted by the broker: Cube takes it, the broker's proxy must not."""
+        now = int(time.time())
+        claims = {
+            "model_id": model_id,
+            "schema_hash": self.schema_hash(model_id),
+            "iat": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, API_SECRET, algorithm="HS256")
+
+
+def http_json(
+    method: str, url: str, body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """One blocking HTTP request with an optional JSON body; the status and parsed JSON.
+
+    Blocking is harmless here: the servers are other processes.
+    """
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        payload = None if body is None else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(method, parts.path, body=payload, headers=all_headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_workdir() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="broker-e2e-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
+    registry_path = write_registry(
+        e2e_workdir, postgres, models=DATA / "models", password_variable=PASSWORD_VARIABLE
+    )
+    cube_port = free_port()
+    broker = start_broker(
+        {
+            "CUBEJS_API_SECRET": API_SECRET,
+            "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
+            "ATHENA_KEY_12": ADMIN_KEY,
+            "BROKER_STORE": f"sqlite:///{e2e_workdir}/store/broker.db",
+            "BROKER_MODELS": str(registry_path),
+            "BROKER_CUBE_URL": f"http://127.0.0.1:{cube_port}",
+            "BROKER_LOG_FORMAT": "json",
+            "BROKER_SHUTDOWN_GRACE": "2",
+            # Model edits (test_through_broker) show within half a second.
+            "BROKER_MODELS_POLL_INTERVAL": "0.5",
+            # Tests that present bad credentials on purpose do so "from" an address of
+            # their own (X-Forwarded-For), so the brute-force guard, which counts failures
+            # per client address, never blocks 127.0.0.1 for the tests after them.
+            "BROKER_TRUSTED_PROXIES": "127.0.0.1/32",
+            PASSWORD_VARIABLE: postgres.password,
+        },
+        e2e_workdir,
+    )
+    try:
+        cube = start_cube(
+            api_secret=API_SECRET,
+            broker_url=broker.url,
+            callback_secret=CALLBACK_SECRET,
+            port=cube_port,
+            refresh_interval=1,
+        )
+        try:
+            status, created = http_json(
+                "POST",
+                f"{broker.url}/admin/api-keys",
+                {"name": "e2e", "rights": ["semantic_model.*"]},
+                headers={"X-API-Key": ADMIN_KEY},
+            )
+            assert status == 201, created
+            yield Stack(postgres, broker, cube, registry_path, created["api_key"])
+        finally:
+            cube.stop()
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def cube(e2e_stack: Stack) -> HTTPProcess:
+    return e2e_stack.cube

