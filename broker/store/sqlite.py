@@ -162,8 +162,7 @@ class SQLiteStore(Store):
     def _housekeeping(self, conn: sqlite3.Connection) -> None:
         """Keep the feed at (at least) its last ``feed_length`` entries and drop expired
         tokens; growth between two passes is bounded by ``_HOUSEKEEPING_EVERY`` writes."""
-        now = time.time()
-        with _immediate(conn):
+        with _immediate(conn) as now:
             conn.execute(
                 "DELETE FROM key_changes WHERE seq <= (SELECT MAX(seq) FROM key_changes) - ?",
                 (self._feed_length,),
@@ -312,8 +311,7 @@ class SQLiteStore(Store):
         self, bucket: str, limit: int, period: float, free_if_marked: str | None = None
     ) -> float:
         def work(conn: sqlite3.Connection) -> float:
-            now = time.time()
-            with _immediate(conn):
+            with _immediate(conn) as now:
                 if (
                     free_if_marked is not None
                     and conn.execute(
@@ -349,8 +347,7 @@ class SQLiteStore(Store):
 
     async def count_failure(self, subject: str, window: float) -> tuple[int, float]:
         def work(conn: sqlite3.Connection) -> tuple[int, float]:
-            now = time.time()
-            with _immediate(conn):
+            with _immediate(conn) as now:
                 row = conn.execute(
                     "SELECT count, until FROM failures WHERE subject = ? AND until > ?",
                     (subject, now),
@@ -367,12 +364,15 @@ class SQLiteStore(Store):
 
 
 @contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+def _immediate(conn: sqlite3.Connection) -> Iterator[float]:
     """A write transaction that takes the write lock up front, so its reads cannot go
-    stale before its writes; any exception rolls it back and propagates unchanged."""
+    stale before its writes; any exception rolls it back and propagates unchanged.
+    Yields the time read once the lock is held: the writers of one file (several
+    processes) then see the clock advance in the order they write, so a rate limit
+    computed against it never waits longer than its interval."""
     conn.execute("BEGIN IMMEDIATE")
     with _finish(conn):
-        yield
+        yield time.time()
 
 
 @contextlib.contextmanager
