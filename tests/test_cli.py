@@ -195,6 +195,7 @@ def test_serve_and_sigterm(env: dict[str, str], tmp_path: Path) -> None:
         assert proc.stderr is not None
         logs = proc.stderr.read()
         assert f"http://127.0.0.1:{port}" in logs
+        assert "event loop uvloop" in logs  # a dependency: the served loop must be uvloop's
         lines: list[dict[str, Any]] = [
             json.loads(x) for x in logs.splitlines() if x.startswith("{")
         ]
