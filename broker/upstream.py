@@ -20,7 +20,8 @@ from broker.settings import Settings
 def new_session(settings: Settings) -> aiohttp.ClientSession:
     """The upstream session: pool of ``upstream_pool_size`` keep-alive connections; bodies
     pass through still encoded (no auto-decompression), so bytes reach the caller as Cube
-    sent them."""
+    sent them. No cookie jar: the session is shared by every caller, so a cookie Cube set
+    for one must never ride along on another's request (it still reaches its own caller)."""
     connector = aiohttp.TCPConnector(
         limit=settings.upstream_pool_size, limit_per_host=0, keepalive_timeout=30
     )
@@ -33,6 +34,7 @@ def new_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )

@@ -225,6 +225,25 @@ async def test_hop_by_hop_headers_dropped(broker: Client, fake: FakeCube) -> Non
     assert "X-Hop" not in resp.headers
 
 
+async def test_cubes_cookies_are_not_kept_for_the_next_caller(
+    aiohttp_client: Any, broker_env: dict[str, str], fake: FakeCube
+) -> None:
+    # Cube by host name, as deployed (a cookie jar ignores cookies from bare IP addresses)
+    by_name = broker_env["BROKER_CUBE_URL"].replace("127.0.0.1", "localhost")
+    broker = await aiohttp_client(
+        create_app(make_settings(**{**broker_env, "BROKER_CUBE_URL": by_name}))
+    )
+    token, _ = await token_for(broker)
+    fake.set_cookie = "cube_session=first-callers; Path=/"
+    first = await broker.get("/cubejs-api/v1/meta", headers={"Authorization": token})
+    assert first.status == 200
+    assert first.cookies["cube_session"].value == "first-callers"  # passed through to its caller
+    fake.set_cookie = None
+    other, _ = await token_for(broker)
+    assert (await broker.get("/cubejs-api/v1/meta", headers={"Authorization": other})).status == 200
+    assert "Cookie" not in fake.seen[-1].headers  # the shared upstream session keeps no jar
+
+
 async def test_large_answers_stream_through(broker: Client, fake: FakeCube) -> None:
     token, _ = await token_for(broker)
     fake.stream_bytes = 5 * 1024 * 1024 + 7
