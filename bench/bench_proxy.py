@@ -101,6 +101,8 @@ def serve_fixed(body_dir: Path, port: int) -> None:
     ``body_dir``, prepared once: no middleware, no serialization per request."""
     from aiohttp import web
 
+    from broker.cli import new_event_loop
+
     def answer(body: bytes) -> Any:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(
@@ -116,7 +118,14 @@ def serve_fixed(body_dir: Path, port: int) -> None:
     for name, path in PATHS.items():
         app.router.add_get(path, answer((body_dir / f"{name}.json").read_bytes()))
     app.router.add_get("/healthz", healthz)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=lambda _msg: None)
+    web.run_app(
+        app,
+        loop=new_event_loop(),  # the broker's own loop
+        host="127.0.0.1",
+        port=port,
+        access_log=None,
+        print=lambda _msg: None,
+    )
 
 
 def synthetic_body(size: int) -> bytes:

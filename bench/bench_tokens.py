@@ -105,6 +105,8 @@ def serve_bare(body_file: Path) -> None:
     document the broker answers (parsed once, serialized per request like the broker)."""
     from aiohttp import web
 
+    from broker.cli import new_event_loop
+
     document = json.loads(body_file.read_bytes())
 
     async def answer(request: web.Request) -> web.Response:
@@ -118,6 +120,7 @@ def serve_bare(body_file: Path) -> None:
     app.router.add_get("/healthz", healthz)
     web.run_app(
         app,
+        loop=new_event_loop(),  # the broker's own loop, so the two differ only in the app
         host="127.0.0.1",
         port=int(os.environ["BENCH_PORT"]),
         access_log=None,

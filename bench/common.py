@@ -176,8 +176,12 @@ class Job:
 
 def loadgen_main(conn: Connection) -> None:
     """Child process: receives a :class:`Job`, answers a result dict; ``None`` ends it.
-    One keep-alive session per URL and concurrency lives across rounds."""
-    asyncio.run(_loadgen(conn))
+    One keep-alive session per URL and concurrency lives across rounds. Runs on uvloop
+    (as the servers do) so the client, one process, is less often the bottleneck."""
+    from broker.cli import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(_loadgen(conn))
 
 
 async def _loadgen(conn: Connection) -> None:
