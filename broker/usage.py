@@ -3,6 +3,10 @@
 A store write per request would put the store on every hot path; instead each replica
 adds up its authentications and writes them every ``interval`` seconds (and at
 shutdown), so the record lags by at most ``interval`` plus one store round trip.
+
+These writes are not announced on the change feed: no check of a key outside virgin mode
+depends on its counts, so other replicas' cached copies may keep the older ones, and do
+not re-read every active key after every flush. Admin reads come from the store.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class UsageRecorder:
         for key_id, (count, last) in pending.items():
             try:
                 await self._store.update_key(
-                    key_id, functools.partial(_add, count=count, last=last)
+                    key_id, functools.partial(_add, count=count, last=last), announce=False
                 )
             except StoreUnavailable:
                 self._requeue(key_id, count, last)

@@ -22,7 +22,7 @@ from broker.app import create_app
 from broker.key_policy import check_ip, poll_identity, virgin_use
 from broker.netaddr import matches
 from broker.records import KeyRecord
-from broker.state import USAGE
+from broker.state import STORE, USAGE
 from broker.timeutil import utcnow
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fake_cube import FakeCube
@@ -330,9 +330,12 @@ async def test_usage_counts_are_batched(replicas: Any) -> None:
     key, key_id = await new_key(c)
     for _ in range(4):
         assert await mint(c, key) == 200
+    feed = await c.app[STORE].key_changes(None)
     await c.app[USAGE].flush()
     rec = await record(c, key_id)
     assert rec["request_count"] == 4 and rec["last_used_at"] is not None
+    # not announced: other replicas need not re-read the key for its counts
+    assert (await c.app[STORE].key_changes(feed.seq)).public_ids == ()
 
 
 async def test_store_outage_fails_closed_then_recovers(aiohttp_client: Any) -> None:

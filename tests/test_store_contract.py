@@ -20,6 +20,7 @@ import pytest
 from broker.errors import StoreUnavailable
 from broker.records import KeyRecord
 from broker.store import MintedToken, Store, open_store
+from broker.store.base import KeyChanges
 from broker.store.common import encode_record
 from broker.store.redis import RedisStore
 from broker.store.sqlite import SQLiteStore
@@ -286,6 +287,20 @@ async def test_writes_from_another_instance_appear_in_the_feed(
     changes = await store.key_changes(start.seq)
     assert changes.public_ids == (record.public_id, record.public_id)
     assert await store.get_key(record.id) == await other_store.get_key(record.id)
+
+
+async def test_an_unannounced_update_is_stored_but_not_in_the_feed(
+    store: Store, other_store: Store
+) -> None:
+    record = make_record()
+    await store.insert_key(record)
+    start = await store.key_changes(None)
+    updated = await other_store.update_key(record.id, count_up, announce=False)
+    assert updated is not None and updated.request_count == 1
+    assert await store.get_key(record.id) == updated
+    assert await store.key_changes(start.seq) == KeyChanges(start.seq, (), False)
+    await other_store.update_key(record.id, count_up)  # announced again by default
+    assert (await store.key_changes(start.seq)).public_ids == (record.public_id,)
 
 
 # -- token cache -------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_key(
-        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord]
+        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord], *, announce: bool = True
     ) -> KeyRecord | None:
         """Atomic read-modify-write of one record.
 
@@ -92,7 +92,9 @@ class Store(abc.ABC):
         the result with ``version`` one higher than the record it read and returns it.
         Returns ``None`` when no record has this id. Exceptions raised by ``mutate``
         propagate and nothing is written. ``id``, ``public_id`` and ``created_at`` must not
-        change.
+        change. With ``announce=False`` the write gets no change-feed entry: only for
+        changes no replica's cached copy needs to see (usage counts of keys whose checks
+        do not depend on them).
         """
 
     @abc.abstractmethod

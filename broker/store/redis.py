@@ -82,8 +82,9 @@ redis.call('ZADD', KEYS[5], 0, ARGV[6])
 )
 
 # KEYS[3] = key:{id}. ARGV[3] = version read, ARGV[4] = new doc, ARGV[5] = new version,
-# ARGV[6] = nonce. Returns 1 when written (or when this very write already was),
-# 0 when another write came first, -1 when the record does not exist.
+# ARGV[6] = nonce, ARGV[7] = '1' to append to the change feed. Returns 1 when written (or
+# when this very write already was), 0 when another write came first, -1 when the record
+# does not exist.
 _COMPARE_AND_SET = (
     """
 local current = redis.call('HGET', KEYS[3], 'version')
@@ -93,6 +94,7 @@ if current ~= ARGV[3] then
   return 0
 end
 redis.call('HSET', KEYS[3], 'doc', ARGV[4], 'version', ARGV[5], 'writer', ARGV[6])
+if ARGV[7] ~= '1' then return 1 end
 """
     + _APPEND_CHANGE
     + "return 1\n"
@@ -249,7 +251,7 @@ class RedisStore(Store):
         return [decode_record(doc) for doc in docs if doc is not None]
 
     async def update_key(
-        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord]
+        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord], *, announce: bool = True
     ) -> KeyRecord | None:
         for attempt in range(_UPDATE_ATTEMPTS):
             current = await self.get_key(key_id)
@@ -264,6 +266,7 @@ class RedisStore(Store):
                 encode_record(new),
                 new.version,
                 secrets.token_hex(8),
+                int(announce),
             ]
             with _unavailable():
                 outcome = await self._compare_and_set(keys=keys, args=args)

@@ -230,7 +230,7 @@ class SQLiteStore(Store):
         return await self._run(work)
 
     async def update_key(
-        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord]
+        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord], *, announce: bool = True
     ) -> KeyRecord | None:
         def work(conn: sqlite3.Connection) -> KeyRecord | None:
             with _immediate(conn):
@@ -242,7 +242,8 @@ class SQLiteStore(Store):
                     "UPDATE api_keys SET version = ?, doc = ? WHERE id = ?",
                     (new.version, encode_record(new), key_id),
                 )
-                _append_change(conn, new.public_id)
+                if announce:
+                    _append_change(conn, new.public_id)
             self._wrote(conn)
             return new
 
