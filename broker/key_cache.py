@@ -3,16 +3,18 @@
 Every replica polls the store's change feed (:meth:`Store.key_changes`) a few times a
 second and drops the records that changed, so a revoke, deactivation, PATCH or rotation
 made on any replica (or from the CLI) reaches every replica within one poll interval plus
-a round trip. A TTL is the safety net for anything missed. When the feed cannot be read
-the whole cache is dropped and kept empty until the feed answers again: lookups then go to
-the store (and fail with 503 while it is down) rather than trusting records that might
-have been revoked meanwhile.
+a round trip. A TTL is the safety net for anything missed. Cached records are trusted
+only while the last poll that answered started less than ``max_age`` ago: a poll that
+stalls (a partitioned or overloaded store) does not leave a revoked key working, lookups
+then go to the store (and fail with 503 while it is down). When the feed cannot be read
+the whole cache is dropped and kept empty until the feed answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from cachetools import TTLCache
 
@@ -27,36 +29,46 @@ _MISSING = object()
 
 
 class KeyCache:
-    """Records by ``public_id`` (``None`` cached for unknown IDs), single-flight on misses."""
+    """Records by ``public_id`` (``None`` cached for unknown IDs), single-flight on misses.
 
-    def __init__(self, store: Store, *, ttl: float = 30.0, maxsize: int = 100_000) -> None:
+    ``max_age`` bounds how stale a trusted entry can be: with the default poll interval of
+    0.25 s, a change reaches every replica's lookups within about 0.75 s plus one round
+    trip, whatever happens to the feed.
+    """
+
+    def __init__(
+        self, store: Store, *, ttl: float = 30.0, maxsize: int = 100_000, max_age: float = 0.75
+    ) -> None:
         self._store = store
         self._entries: TTLCache[str, KeyRecord | None] = TTLCache(maxsize=maxsize, ttl=ttl)
-        self._flights: SingleFlight[str, KeyRecord | None] = SingleFlight()
+        self._flights: SingleFlight[tuple[str, int], KeyRecord | None] = SingleFlight()
         self._epoch = 0
-        self._feed_ok = False
+        self._max_age = max_age
+        self._fresh_until = 0.0  # monotonic time until which the cache may be trusted
 
     async def get(self, public_id: str) -> KeyRecord | None:
         """The record (or ``None`` for an unknown key); one store read per miss, shared by
-        concurrent callers. Raises ``StoreUnavailable``."""
-        if self._feed_ok:
+        concurrent callers that asked since the last invalidation. Raises
+        ``StoreUnavailable``."""
+        if self.live:
             cached = self._entries.get(public_id, _MISSING)
             if cached is not _MISSING:
                 return cached  # type: ignore[return-value]
-        record, _ = await self._flights.do(public_id, lambda: self._load(public_id))
+        epoch = self._epoch
+        record, _ = await self._flights.do((public_id, epoch), lambda: self._load(public_id))
         return record
 
     async def _load(self, public_id: str) -> KeyRecord | None:
         epoch = self._epoch
         record = await self._store.find_key(public_id)
-        if self._feed_ok and epoch == self._epoch:
+        if self.live and epoch == self._epoch:
             self._entries[public_id] = record
         return record
 
     @property
     def live(self) -> bool:
-        """Whether the change feed is being followed (entries are cached only then)."""
-        return self._feed_ok
+        """Whether the change feed answered recently enough for cached entries to count."""
+        return time.monotonic() < self._fresh_until
 
     def invalidate(self, public_id: str) -> None:
         self._epoch += 1
@@ -70,12 +82,17 @@ class KeyCache:
         """Poll the change feed forever (run as a background task)."""
         since: int | None = None
         while True:
+            started = time.monotonic()
             try:
                 changes = await self._store.key_changes(since)
-            except StoreUnavailable:
-                if self._feed_ok:
-                    log.warning("key change feed unreachable; key cache disabled until it is back")
-                self._feed_ok = False
+            except Exception as exc:
+                if self._fresh_until:
+                    log.warning(
+                        "key change feed unreadable (%s); key cache disabled until it is back",
+                        type(exc).__name__,
+                        exc_info=not isinstance(exc, StoreUnavailable),
+                    )
+                self._fresh_until = 0.0
                 self.clear()
                 since = None
             else:
@@ -84,5 +101,5 @@ class KeyCache:
                 for public_id in changes.public_ids:
                     self.invalidate(public_id)
                 since = changes.seq
-                self._feed_ok = True
+                self._fresh_until = started + self._max_age
             await asyncio.sleep(interval)

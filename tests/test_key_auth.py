@@ -152,6 +152,33 @@ async def test_concurrent_misses_share_one_lookup(store: Store) -> None:
     assert calls == 1
 
 
+async def test_a_stalled_feed_stops_the_cache_vouching_within_a_second(store: Store) -> None:
+    """A partitioned store never answers the poll: the cache must stop trusting itself."""
+    key, key_id = await make_key(store, rights=[TOKEN_CREATE])
+    cache = KeyCache(store)
+    stalled = asyncio.Event()
+    real_changes = store.key_changes
+
+    async def stalling(since: int | None) -> Any:
+        if stalled.is_set():
+            await asyncio.Event().wait()
+        return await real_changes(since)
+
+    store.key_changes = stalling  # type: ignore[method-assign]
+    feed = asyncio.create_task(cache.follow_changes())
+    try:
+        verifier = KeyVerifier(cache)
+        await wait_until(lambda: cache.live)
+        await verifier.authenticate(key)
+        stalled.set()
+        await KeyAdmin(store).revoke(key_id)  # behind the cache's back: no feed will say so
+        refused = await refused_within(lambda: verifier.authenticate(key), Unauthorized, 1.0)
+        assert refused.reason == "revoked"
+    finally:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+
+
 async def test_revoke_on_one_replica_reaches_another_within_a_second(store_url: str) -> None:
     """Two stores on one URL stand for two replicas (two processes in the SQLite case)."""
     a, b = open_store(store_url), open_store(store_url)
