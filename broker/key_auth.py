@@ -47,12 +47,9 @@ class KeyVerifier:
             and verify_secret(parsed.secret, record.previous_secret_digest)
         ):
             raise Unauthorized("wrong_secret")
-        if record.revoked_at is not None:
-            raise Unauthorized("revoked")
-        if not record.is_active:
-            raise Unauthorized("inactive")
-        if record.is_expired(now):
-            raise Unauthorized("expired")
+        refusal = record.refusal(now)
+        if refusal is not None:
+            raise Unauthorized(refusal)
         return record
 
     def _secret_matches(self, record: KeyRecord, secret: str) -> bool:

@@ -8,9 +8,9 @@ import logging
 import re
 from datetime import datetime
 
-from broker.errors import IPNotAllowed, RateLimited, StoreUnavailable
+from broker.errors import IPNotAllowed, RateLimited, StoreUnavailable, Unauthorized
 from broker.metrics import Metrics
-from broker.netaddr import matches, plain
+from broker.netaddr import matches, parse_ip, plain
 from broker.records import KeyRecord
 from broker.store import Store
 from broker.timeutil import utcnow
@@ -25,7 +25,10 @@ _SPAN_SUFFIX = re.compile(r"-span-\d+$")
 
 
 def check_ip(record: KeyRecord, ip: str) -> None:
-    """Blacklist first, then a non-empty whitelist must match."""
+    """Blacklist first, then a non-empty whitelist must match. A key with either list
+    refuses an address that is not one (what a trusted proxy reported, e.g. ``unknown``)."""
+    if (record.ip_blacklist or record.ip_whitelist) and parse_ip(ip) is None:
+        raise IPNotAllowed("The client address could not be read.")
     if matches(ip, record.ip_blacklist):
         raise IPNotAllowed("This address is blacklisted for this key.")
     if record.ip_whitelist and not matches(ip, record.ip_whitelist):
@@ -36,8 +39,15 @@ def virgin_use(record: KeyRecord, ip: str, now: datetime) -> KeyRecord:
     """One successful authentication of a virgin-mode key from ``ip``: count it, learn a new
     address while unlocked (never beyond ``max_whitelist_ips``), lock when a limit is
     reached. A pure function, so a store can apply it atomically (and retry it).
-    Raises ``IPNotAllowed`` (nothing changes) for an address the key may not use."""
+    Raises ``IPNotAllowed`` (nothing changes) for an address the key may not use, and
+    ``Unauthorized`` when the stored record, fresher than the cached one its caller
+    checked, says the key was revoked, deactivated or expired meanwhile."""
+    refusal = record.refusal(now)
+    if refusal is not None:
+        raise Unauthorized(refusal)
     address = plain(ip)
+    if parse_ip(address) is None:
+        raise IPNotAllowed("The client address could not be read.")
     whitelist = record.ip_whitelist
     if matches(address, record.ip_blacklist):
         raise IPNotAllowed("This address is blacklisted for this key.")

@@ -80,6 +80,17 @@ class KeyRecord:
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
+    def refusal(self, now: datetime) -> str | None:
+        """Why this key may not be used at all now (``revoked``, ``inactive``,
+        ``expired``), or ``None``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if not self.is_active:
+            return "inactive"
+        if self.is_expired(now):
+            return "expired"
+        return None
+
     def public(self) -> dict[str, Any]:
         """The record as the admin API shows it: no secret digest, times in ISO 8601."""
         doc = self.to_doc()

@@ -62,11 +62,13 @@ def key_credential(request: web.Request) -> str | None:
 
 def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
     """The client's address: the socket peer, unless the peer is a trusted proxy, in which
-    case the right-most address of ``X-Forwarded-For`` that is not a trusted proxy."""
+    case the right-most address of ``X-Forwarded-For`` that is not a trusted proxy. Several
+    ``X-Forwarded-For`` lines are one list, in order (RFC 9110 §5.3)."""
     peer = request.remote or ""
     if not trusted or not _is_trusted(peer, trusted):
         return plain(peer)
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    chain = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    hops = [h.strip() for h in chain.split(",")]
     for hop in reversed(hops):
         if not hop:
             continue

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 
 from broker.app import create_app
 from broker.key_policy import check_ip, poll_identity, virgin_use
@@ -109,7 +110,7 @@ def test_blacklist_wins_over_whitelist() -> None:
 
 
 def test_virgin_rules() -> None:
-    from broker.errors import IPNotAllowed
+    from broker.errors import IPNotAllowed, Unauthorized
 
     now = utcnow()
     rec = _rec(virgin_mode=True, max_whitelist_ips=2, virgin_until_n_requests=0)
@@ -126,6 +127,11 @@ def test_virgin_rules() -> None:
     assert counted.locked and counted.request_count == 2
     with pytest.raises(IPNotAllowed):
         virgin_use(counted, "10.0.0.8", now)
+    with pytest.raises(IPNotAllowed):
+        virgin_use(_rec(virgin_mode=True), "not-an-ip", now)
+    with pytest.raises(Unauthorized) as refused:  # the stored record is fresher than the cache
+        virgin_use(_rec(virgin_mode=True, revoked_at=now), "10.0.0.1", now)
+    assert refused.value.reason == "revoked"
 
 
 def test_poll_identity() -> None:
@@ -166,6 +172,28 @@ async def test_forwarded_for_from_trusted_proxy(replicas: Any) -> None:
     xff = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.1.1"}
     assert await mint(c, key, "127.0.0.2", **xff) == 200  # right-most untrusted hop
     assert await mint(c, key, "127.0.0.3", **xff) == 403  # peer not trusted
+
+
+async def test_forwarded_for_in_several_header_lines_is_one_list(replicas: Any) -> None:
+    """A proxy that adds its own X-Forwarded-For line (HAProxy's ``option forwardfor``)
+    must not let a client's forged first line pass for the client's address."""
+    (c,) = await replicas(BROKER_TRUSTED_PROXIES="127.0.0.2/32")
+    allowed, _ = await new_key(c, ip_whitelist=["203.0.113.66"])
+    blocked, _ = await new_key(c, ip_blacklist=["198.51.100.7"])
+    for key, expected in ((allowed, 403), (blocked, 403)):
+        headers = CIMultiDict([("X-API-KEY", key), ("X-Forwarded-For", "203.0.113.66"),
+                               ("X-Forwarded-For", "198.51.100.7")])  # fmt: skip
+        async with from_ip("127.0.0.2") as s, s.post(c.make_url(TOKEN), headers=headers) as r:
+            assert r.status == expected
+
+
+async def test_an_unreadable_client_address_fails_closed(replicas: Any) -> None:
+    (c,) = await replicas(BROKER_TRUSTED_PROXIES="127.0.0.2/32")
+    blocked, _ = await new_key(c, ip_blacklist=["198.51.100.7"])
+    free, _ = await new_key(c)
+    xff = {"X-Forwarded-For": "not-an-ip"}
+    assert await mint(c, blocked, "127.0.0.2", **xff) == 403  # a key with IP rules
+    assert await mint(c, free, "127.0.0.2", **xff) == 200  # a key without any
 
 
 async def test_virgin_cap_is_atomic_across_replicas(replicas: Any) -> None:
