@@ -1,0 +1,78 @@
+"""Batched usage counts (broker.usage) on both stores: nothing lost, nothing counted twice,
+and a shutdown that does not hang on an unreachable store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from broker.errors import StoreUnavailable
+from broker.store import Store
+from broker.timeutil import utcnow
+from broker.usage import UsageRecorder
+from tests.test_store_contract import make_record
+
+
+async def keys_used(store: Store, uses: list[int]) -> tuple[UsageRecorder, list[str]]:
+    recorder = UsageRecorder(store)
+    ids = []
+    for n, count in enumerate(uses):
+        record = make_record(n)
+        await store.insert_key(record)
+        ids.append(record.id)
+        for _ in range(count):
+            recorder.record(record.id, utcnow())
+    return recorder, ids
+
+
+async def counts(store: Store, ids: list[str]) -> list[int]:
+    return [(await store.get_key(i)).request_count for i in ids]  # type: ignore[union-attr]
+
+
+async def test_a_down_store_stops_the_flush_and_keeps_every_count(store: Store) -> None:
+    recorder, ids = await keys_used(store, [1, 2, 3])
+    real, calls = store.update_key, 0
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise StoreUnavailable()
+
+    store.update_key = down  # type: ignore[method-assign]
+    await recorder.flush()
+    assert calls == 1  # no round trip per key against a store that is down
+    store.update_key = real  # type: ignore[method-assign]
+    await recorder.flush()
+    assert await counts(store, ids) == [1, 2, 3]
+
+
+async def test_a_flush_cancelled_midway_loses_and_repeats_nothing(store: Store) -> None:
+    recorder, ids = await keys_used(store, [1, 2, 3, 4, 5])
+    real = store.update_key
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await real(*args, **kwargs)
+
+    store.update_key = slow  # type: ignore[method-assign]
+    run = asyncio.create_task(recorder.run(interval=0))
+    await asyncio.sleep(0.12)  # two or three keys written, one under way
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    assert await counts(store, ids) == [1, 2, 3, 4, 5]
+
+
+async def test_shutdown_does_not_hang_on_an_unanswering_store(store: Store) -> None:
+    recorder, _ = await keys_used(store, [1, 1])
+
+    async def hangs(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+    store.update_key = hangs  # type: ignore[method-assign]
+    run = asyncio.create_task(recorder.run(interval=3600, final_budget=0.3))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    assert time.monotonic() - started < 2
