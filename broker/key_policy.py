@@ -4,6 +4,7 @@ virgin mode, the per-key rate limit, and usage counting."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 from datetime import datetime
@@ -67,12 +68,17 @@ def virgin_use(record: KeyRecord, ip: str, now: datetime) -> KeyRecord:
     )
 
 
-def poll_identity(request_id: str | None) -> str | None:
-    """What stays the same across the polls of one query: the caller's request ID without
-    the ``-span-N`` suffix ``@cubejs-client/core`` adds per poll."""
+def poll_identity(
+    request_id: str | None, method: str = "", path_qs: str = "", body: bytes = b""
+) -> str | None:
+    """What stays the same across the polls of one query, and only of that query: the
+    caller's request ID without the ``-span-N`` suffix ``@cubejs-client/core`` adds per
+    poll, bound to a digest of the request itself, so reusing a request ID for other
+    queries does not make them free."""
     if not request_id:
         return None
-    return _SPAN_SUFFIX.sub("", request_id)
+    digest = hashlib.sha256(b"\n".join((method.encode(), path_qs.encode(), body))).hexdigest()
+    return f"{_SPAN_SUFFIX.sub('', request_id)}:{digest[:32]}"
 
 
 class KeyPolicy:

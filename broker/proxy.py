@@ -10,7 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.errors import BadRequest, NotFound, Unauthorized
 from broker.key_auth import KeyVerifier
-from broker.key_policy import KeyPolicy, poll_identity
+from broker.key_policy import KeyPolicy
 from broker.models import RegistryWatcher
 from broker.records import KeyRecord
 from broker.requests import split_bearer
@@ -71,15 +71,17 @@ class CubeAccess:
         self._token_verifier = token_verifier
         self._registry = registry
 
-    async def resolve(self, headers: Mapping[str, str], right: str, client_ip: str) -> Grant:
-        """What to forward for this caller; raises ``Unauthorized``, ``BadRequest``,
-        ``IPNotAllowed``, ``Forbidden``, ``NotFound`` or ``RateLimited``."""
+    async def resolve(
+        self, headers: Mapping[str, str], right: str, client_ip: str, poll: str | None
+    ) -> Grant:
+        """What to forward for this caller (``poll``: see :func:`poll_identity`); raises
+        ``Unauthorized``, ``BadRequest``, ``IPNotAllowed``, ``Forbidden``, ``NotFound`` or
+        ``RateLimited``."""
         authorization = headers.get("Authorization", "").strip()
         bearer = split_bearer(authorization)
         athena_key = headers.get("X-API-Key") or (
             bearer if bearer and bearer.startswith("ath_") else None
         )
-        poll = poll_identity(headers.get("X-Request-Id"))
         if athena_key:
             record = await self._keys.authenticate(athena_key)
             asset_id = headers.get("X-Semantic-Model", "").strip()

@@ -135,8 +135,12 @@ def test_virgin_rules() -> None:
 
 
 def test_poll_identity() -> None:
-    assert poll_identity("3f2a-span-1") == poll_identity("3f2a-span-12") == "3f2a"
-    assert poll_identity(None) is None
+    load = ("GET", "/cubejs-api/v1/load?query=%7B%7D", b"")
+    first, later = poll_identity("3f2a-span-1", *load), poll_identity("3f2a-span-12", *load)
+    assert first == later and first is not None and first.startswith("3f2a:")
+    assert poll_identity("3f2a-span-2", "GET", "/cubejs-api/v1/load?query=%7B%22a%22%7D") != first
+    assert poll_identity("3f2a-span-2", "POST", "/cubejs-api/v1/load", b"{}") != first
+    assert poll_identity(None, *load) is None
 
 
 # -- over HTTP, several replicas -----------------------------------------------------------
@@ -328,6 +332,12 @@ async def test_continue_wait_polls_are_not_counted(
     assert len(fake.seen) == 6
     second = await c.get("/cubejs-api/v1/load", headers={**headers, "X-Request-Id": "q2-span-1"})
     assert second.status == 200
+    # the poll grace belongs to q1's query, not to its request ID
+    other_query = await c.get(
+        "/cubejs-api/v1/load?query=%7B%22x%22%3A1%7D",
+        headers={**headers, "X-Request-Id": "q1-span-7"},
+    )
+    await assert_error(other_query, 429, "rate_limited")
     third = await c.get("/cubejs-api/v1/load", headers={**headers, "X-Request-Id": "q3-span-1"})
     await assert_error(third, 429, "rate_limited")
 

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from broker.key_policy import poll_identity
 from broker.proxy import downstream_headers, upstream_headers
 from broker.query import is_continue_wait
 from broker.rights import META_READ, QUERY_EXECUTE
@@ -31,10 +32,13 @@ _CONTINUE_WAIT_MAX = 64
 
 async def forward(request: web.Request) -> web.StreamResponse:
     right = META_READ if request.path == "/cubejs-api/v1/meta" else QUERY_EXECUTE
-    grant = await request.app[CUBE_ACCESS].resolve(request.headers, right, request[CLIENT_IP])
+    body = await request.read() if request.body_exists else None
+    poll = poll_identity(
+        request.headers.get("X-Request-Id"), request.method, request.raw_path, body or b""
+    )
+    grant = await request.app[CUBE_ACCESS].resolve(request.headers, right, request[CLIENT_IP], poll)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
-    body = await request.read() if request.body_exists else None
     headers = upstream_headers(
         request.headers, grant.token, request[REQUEST_ID], request[CLIENT_IP]
     )
