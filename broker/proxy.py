@@ -32,12 +32,13 @@ HOP_BY_HOP = frozenset(
     }
 )
 #: Request headers that never reach Cube: credentials of the broker's own (and the
-#: browser's cookies for the broker's site, which Cube has no use for), and what the
-#: broker sets itself.
+#: browser's cookies for the broker's site, which Cube has no use for), what the broker
+#: sets itself, and ``Content-Encoding`` (aiohttp hands the broker the body decoded).
 _NOT_FORWARDED = HOP_BY_HOP | {
     "cookie",
     "host",
     "content-length",
+    "content-encoding",
     "authorization",
     "x-api-key",
     "x-athena-key",
@@ -45,6 +46,9 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "x-semantic-model",
     "x-request-id",
     "origin",
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
 }
 
 
@@ -112,23 +116,28 @@ class Grant:
 
 
 def upstream_headers(
-    incoming: CIMultiDictProxy[str], token: str, request_id: str, client_ip: str
+    incoming: CIMultiDictProxy[str], token: str, request_id: str, forwarded_for: str
 ) -> CIMultiDict[str]:
-    """The caller's headers minus hop-by-hop ones and the broker's credentials, plus the
-    Cube token, the request ID and the client address."""
+    """The caller's headers minus hop-by-hop ones, the broker's credentials and forwarding
+    headers, plus the Cube token, the request ID and ``X-Forwarded-For`` (see
+    :func:`broker.requests.forwarded_for`)."""
     dropped = _NOT_FORWARDED | _connection_tokens(incoming)
     out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in dropped)
     out["Authorization"] = token
     out["X-Request-Id"] = request_id
-    forwarded = incoming.get("X-Forwarded-For")
-    out["X-Forwarded-For"] = f"{forwarded}, {client_ip}" if forwarded else client_ip
+    out["X-Forwarded-For"] = forwarded_for
     return out
 
 
 def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """Cube's response headers minus hop-by-hop ones."""
+    """Cube's response headers minus hop-by-hop ones and Cube's own CORS headers (the
+    broker answers CORS itself, per ``BROKER_CORS_ORIGINS``; Cube's default is ``*``)."""
     dropped = HOP_BY_HOP | _connection_tokens(upstream)
-    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in dropped)
+    return CIMultiDict(
+        (k, v)
+        for k, v in upstream.items()
+        if k.lower() not in dropped and not k.lower().startswith("access-control-")
+    )
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:

@@ -77,6 +77,19 @@ def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
     return plain(peer)
 
 
+def forwarded_for(request: web.Request, trusted: tuple[Network, ...]) -> str:
+    """``X-Forwarded-For`` to send on: the chain as received when the peer is a trusted
+    proxy, then the peer; from any other peer just the peer (its own claims dropped)."""
+    peer = plain(request.remote or "")
+    if trusted and _is_trusted(peer, trusted):
+        chain = ", ".join(
+            h.strip() for h in request.headers.getall("X-Forwarded-For", ()) if h.strip()
+        )
+        if chain:
+            return f"{chain}, {peer}"
+    return peer
+
+
 @functools.lru_cache(maxsize=65536)
 def _is_trusted(addr: str, trusted: tuple[Network, ...]) -> bool:
     ip = parse_ip(addr)

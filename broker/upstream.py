@@ -79,6 +79,12 @@ class CubeClient:
         finally:
             response.release()
 
+    async def read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body of ``response``; a broken or late body is ``BadGateway`` or
+        ``GatewayTimeout`` like any other upstream failure."""
+        with self._failures():
+            return await response.read()
+
     @contextlib.contextmanager
     def _failures(self) -> Iterator[None]:
         """The one mapping of upstream failures: no answer in time is ``GatewayTimeout``,
@@ -115,8 +121,7 @@ class CubeClient:
             headers["Content-Type"] = "application/json"
             body = json.dumps(payload).encode()
         async with self.request(method, path, headers, body, time_limit) as resp:
-            with self._failures():
-                raw = await resp.read()
+            raw = await self.read(resp)
             try:
                 parsed = json.loads(raw) if raw else None
             except (ValueError, UnicodeDecodeError):

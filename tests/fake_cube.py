@@ -27,7 +27,7 @@ class FakeCube:
     status: int = 200
     body: Any = field(default_factory=lambda: {"data": [{"orders.count": "3"}]})
     stream_bytes: int = 0  # > 0: answer with this many bytes, chunked
-    set_cookie: str | None = None  # a Set-Cookie header on every answer
+    answer_headers: dict[str, str] = field(default_factory=dict)  # added to every answer
     seen: list[Seen] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -43,11 +43,9 @@ class FakeCube:
         )
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.set_cookie:
-            response = await self.answer(request)
-            response.headers["Set-Cookie"] = self.set_cookie
-            return response
-        return await self.answer(request)
+        response = await self.answer(request)
+        response.headers.update(self.answer_headers)
+        return response
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         if self.continue_waits > 0:

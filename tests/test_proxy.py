@@ -7,7 +7,9 @@ and "Continue wait" cases deterministic.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
+import json
 import time
 import uuid
 import warnings
@@ -17,6 +19,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from yarl import URL
 
 from broker.app import create_app
@@ -234,14 +237,99 @@ async def test_cubes_cookies_are_not_kept_for_the_next_caller(
         create_app(make_settings(**{**broker_env, "BROKER_CUBE_URL": by_name}))
     )
     token, _ = await token_for(broker)
-    fake.set_cookie = "cube_session=first-callers; Path=/"
+    fake.answer_headers = {"Set-Cookie": "cube_session=first-callers; Path=/"}
     first = await broker.get("/cubejs-api/v1/meta", headers={"Authorization": token})
     assert first.status == 200
     assert first.cookies["cube_session"].value == "first-callers"  # passed through to its caller
-    fake.set_cookie = None
+    fake.answer_headers = {}
     other, _ = await token_for(broker)
     assert (await broker.get("/cubejs-api/v1/meta", headers={"Authorization": other})).status == 200
     assert "Cookie" not in fake.seen[-1].headers  # the shared upstream session keeps no jar
+
+
+async def test_cubes_own_cors_headers_never_reach_the_caller(
+    broker: Client, fake: FakeCube
+) -> None:
+    token, _ = await token_for(broker)
+    fake.answer_headers = {"Access-Control-Allow-Origin": "*", "Access-Control-Max-Age": "9"}
+    for origin in ("https://evil.example", None):
+        headers = {"Authorization": token} | ({"Origin": origin} if origin else {})
+        resp = await broker.get("/cubejs-api/v1/meta", headers=headers)
+        assert resp.status == 200
+        assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+    ok = await broker.get(
+        "/cubejs-api/v1/meta",
+        headers={"Authorization": token, "Origin": "https://dash.example.com"},
+    )
+    assert ok.headers.getall("Access-Control-Allow-Origin") == ["https://dash.example.com"]
+
+
+async def test_a_compressed_request_body_reaches_cube_decoded_and_labelled_so(
+    broker: Client, fake: FakeCube
+) -> None:
+    token, _ = await token_for(broker)
+    query = json.dumps({"query": {"measures": ["orders.count"]}}).encode()
+    resp = await broker.post(
+        "/cubejs-api/v1/load",
+        data=gzip.compress(query),
+        headers={"Authorization": token, "Content-Type": "application/json",
+                 "Content-Encoding": "gzip"},
+    )  # fmt: skip
+    assert resp.status == 200
+    assert fake.seen[-1].body == query
+    assert "Content-Encoding" not in fake.seen[-1].headers
+
+
+async def test_forwarding_headers_from_an_untrusted_caller_are_replaced(
+    broker: Client, fake: FakeCube
+) -> None:
+    token, _ = await token_for(broker)
+    spoofed = {"X-Forwarded-For": "10.9.9.9", "X-Real-IP": "10.9.9.9", "Forwarded": "for=10.9.9.9"}
+    assert (
+        await broker.get("/cubejs-api/v1/meta", headers={"Authorization": token, **spoofed})
+    ).status == 200
+    seen = fake.seen[-1].headers
+    assert seen.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert "X-Real-IP" not in seen and "Forwarded" not in seen
+
+
+async def test_forwarding_chain_from_a_trusted_proxy_is_kept_and_extended(
+    aiohttp_client: Any, broker_env: dict[str, str], fake: FakeCube
+) -> None:
+    broker = await aiohttp_client(
+        create_app(make_settings(**broker_env, BROKER_TRUSTED_PROXIES="127.0.0.0/8"))
+    )
+    token, _ = await token_for(broker)
+    headers = CIMultiDict([("Authorization", token), ("X-Forwarded-For", "198.51.100.1"),
+                           ("X-Forwarded-For", "10.0.0.2")])  # fmt: skip
+    assert (await broker.get("/cubejs-api/v1/meta", headers=headers)).status == 200
+    assert fake.seen[-1].headers["X-Forwarded-For"] == "198.51.100.1, 10.0.0.2, 127.0.0.1"
+
+
+async def test_a_short_answer_cut_off_is_502(
+    aiohttp_client: Any, broker_env: dict[str, str]
+) -> None:
+    async def cut_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 40\r\n\r\n{\"error\": \"Conti")  # fmt: skip
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut_off, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        broker = await aiohttp_client(
+            create_app(
+                make_settings(**{**broker_env, "BROKER_CUBE_URL": f"http://127.0.0.1:{port}"})
+            )
+        )
+        token, _ = await token_for(broker)
+        resp = await broker.get("/cubejs-api/v1/meta", headers={"Authorization": token})
+        await assert_error(resp, 502, "bad_gateway")
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_large_answers_stream_through(broker: Client, fake: FakeCube) -> None:

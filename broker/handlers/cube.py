@@ -12,6 +12,7 @@ from aiohttp import web
 from broker.key_policy import poll_identity
 from broker.proxy import downstream_headers, upstream_headers
 from broker.query import is_continue_wait
+from broker.requests import forwarded_for
 from broker.rights import META_READ, QUERY_EXECUTE
 from broker.state import (
     CLIENT_IP,
@@ -22,6 +23,7 @@ from broker.state import (
     METRICS,
     MODEL_ID,
     REQUEST_ID,
+    SETTINGS,
 )
 
 log = logging.getLogger("broker.proxy")
@@ -39,12 +41,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
     grant = await request.app[CUBE_ACCESS].resolve(request.headers, right, request[CLIENT_IP], poll)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
-    headers = upstream_headers(
-        request.headers, grant.token, request[REQUEST_ID], request[CLIENT_IP]
-    )
-    async with request.app[CUBE].request(
-        request.method, request.raw_path, headers, body
-    ) as upstream:
+    forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)
+    headers = upstream_headers(request.headers, grant.token, request[REQUEST_ID], forwarded)
+    cube = request.app[CUBE]
+    async with cube.request(request.method, request.raw_path, headers, body) as upstream:
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -53,17 +53,25 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if _may_be_continue_wait(upstream):
             # A short JSON answer: read it whole to see whether Cube said "Continue wait",
             # so the caller's next polls of this query are not counted by the rate limit.
-            small = await upstream.read()
+            small = await cube.read(upstream)
             if is_continue_wait(_json_or_none(small)):
                 await request.app[KEY_POLICY].mark_poll(grant.key, grant.poll)
             await response.prepare(request)
-            await response.write(small)
-            await response.write_eof()
+            await response.write_eof(small)
             return response
         await response.prepare(request)
+        return await _stream(request, upstream, response)
+
+
+async def _stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+) -> web.StreamResponse:
+    """Copy Cube's answer as it arrives. Cube breaking off mid-answer is counted and the
+    caller's connection closed (it cannot get a clean error any more); the caller hanging
+    up just ends the copy."""
+    while True:
         try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            chunk = await upstream.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             request.app[METRICS].upstream_errors.labels("stream").inc()
             log.warning(
@@ -73,8 +81,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
             )
             response.force_close()
             return response
-        await response.write_eof()
-        return response
+        if not chunk:
+            break
+        try:
+            await response.write(chunk)
+        except ConnectionResetError:
+            return response  # the caller went away
+    await response.write_eof()
+    return response
 
 
 def _may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
