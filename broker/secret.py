@@ -18,8 +18,11 @@ class Secret:
         return self._value
 
     def matches(self, candidate: str) -> bool:
-        """Constant-time comparison against ``candidate``."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
+        """Constant-time comparison against ``candidate`` (which may hold the surrogates
+        aiohttp decodes header bytes that are not UTF-8 to: never a match, never an error)."""
+        return hmac.compare_digest(
+            self._value.encode(), candidate.encode("utf-8", "surrogateescape")
+        )
 
     def __repr__(self) -> str:
         return "Secret('**********')"

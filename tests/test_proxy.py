@@ -23,6 +23,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from broker.app import create_app
+from broker.state import STORE
+from broker.store import MintedToken
 from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
 from tests.fake_cube import FakeCube
 from tests.helpers import Client, assert_error, create
@@ -203,6 +205,47 @@ async def test_bad_tokens_are_401(broker: Client, fake: FakeCube, make: Any) -> 
     await assert_error(resp, 401, "unauthorized")
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert fake.seen == []
+
+
+async def test_a_token_minted_by_a_replica_whose_clock_runs_ahead_is_accepted(
+    broker: Client, fake: FakeCube
+) -> None:
+    _, key = await token_for(broker)
+    jti = uuid.uuid4().hex
+    ahead = _claims(iat=int(time.time()) + 30, exp=int(time.time()) + 3630, jti=jti)
+    token = jwt.encode(ahead, API_SECRET, algorithm="HS256")
+    await broker.app[STORE].add_token(
+        "elsewhere", MintedToken(token, jti, ahead["exp"], key[4:20]), time.time() + 60
+    )
+    resp = await broker.get("/cubejs-api/v1/meta", headers={"Authorization": token})
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        ("/admin/api-keys", "X-API-Key"),
+        ("/admin/api-keys", "Authorization: Bearer"),
+        ("/internal/v1/models", "X-Broker-Callback-Secret"),
+        ("/cubejs-api/v1/meta", "Authorization"),
+        ("/cubejs-api/v1/meta", "Authorization: Bearer"),
+    ],
+)
+async def test_credentials_that_are_not_utf8_are_401(
+    broker: Client, path: str, header: str
+) -> None:
+    name, _, scheme = header.partition(": ")
+    value = (scheme + " " if scheme else "").encode() + b"\xff\xfe-not-utf8"
+    reader, writer = await asyncio.open_connection(broker.server.host, broker.server.port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+        + name.encode() + b": " + value + b"\r\n\r\n"
+    )  # fmt: skip
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert json.loads(body)["error"] == "unauthorized"
 
 
 async def test_revoked_keys_tokens_are_refused(broker: Client) -> None:
