@@ -97,7 +97,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with new_session(settings) as session:
-        app[CUBE] = CubeClient(session, settings.cube_url, app[METRICS])
+        app[CUBE] = CubeClient(session, settings.cube_url, app[METRICS], settings.upstream_timeout)
         yield
 
 

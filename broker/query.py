@@ -49,12 +49,14 @@ async def run_query(
         return status, raw, content_type
 
 
-async def fetch_meta(cube: CubeClient, token: str, request_id: str) -> tuple[int, Any, bytes, str]:
-    """Cube's ``/meta`` for the token's model: (status, parsed, raw, content type); a
-    refusal (4xx) comes back as is, anything else that is not a JSON object with
-    ``cubes`` is ``BadGateway``."""
+async def fetch_meta(
+    cube: CubeClient, token: str, request_id: str, time_limit: float
+) -> tuple[int, Any, bytes, str]:
+    """Cube's ``/meta`` for the token's model, whole within ``time_limit`` seconds:
+    (status, parsed, raw, content type); a refusal (4xx) comes back as is, anything else
+    that is not a JSON object with ``cubes`` is ``BadGateway``."""
     status, parsed, raw, content_type = await cube.call_json(
-        "GET", META_PATH, token, request_id=request_id
+        "GET", META_PATH, token, request_id=request_id, time_limit=time_limit
     )
     if 400 <= status < 500:
         return status, parsed, raw, content_type

@@ -238,7 +238,7 @@ class Settings:
         "BROKER_UPSTREAM_TIMEOUT",
         parse=_positive_float,
         default="30",
-        help="Seconds Cube may take to answer one request before 504.",
+        help="Seconds Cube may take to start its answer, and between two reads of it, before 504.",
     )
     upstream_pool_size: int = _var(
         "BROKER_UPSTREAM_POOL_SIZE",

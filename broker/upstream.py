@@ -3,6 +3,7 @@ and the mapping of every upstream failure to 502 or 504."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -41,12 +42,21 @@ def new_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 class CubeClient:
-    """Requests to Cube's REST API at ``base_url``."""
+    """Requests to Cube's REST API at ``base_url``; each must have its answer's headers
+    within ``answer_timeout`` seconds (a body then streams with at most that long between
+    two reads: the session's ``sock_read``)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        metrics: Metrics,
+        answer_timeout: float,
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._metrics = metrics
+        self._answer_timeout = answer_timeout
 
     @contextlib.asynccontextmanager
     async def request(
@@ -72,7 +82,8 @@ class CubeClient:
             )
         started = time.perf_counter()
         with self._failures():
-            response = await self._session.request(method, url, **kwargs)
+            async with asyncio.timeout(self._answer_timeout):
+                response = await self._session.request(method, url, **kwargs)
         self._metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
             yield response

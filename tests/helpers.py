@@ -13,6 +13,7 @@ async def create(client: Client, admin: dict[str, str], **body: Any) -> dict[str
     body.setdefault("name", "dashboard")
     resp = await client.post("/admin/api-keys", json=body, headers=admin)
     assert resp.status == 201, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"  # it holds the plaintext key
     doc: dict[str, Any] = await resp.json()
     return doc
 

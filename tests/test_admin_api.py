@@ -301,6 +301,7 @@ async def test_rotate_without_grace(client: Client, admin_headers: dict[str, str
     old, rec = doc["api_key"], doc["record"]
     resp = await client.post(f"/admin/api-keys/{rec['public_id']}/rotate", headers=admin_headers)
     assert resp.status == 200
+    assert resp.headers["Cache-Control"] == "no-store"
     new_doc = await resp.json()
     new = new_doc["api_key"]
     assert new != old and new.startswith(f"ath_{rec['public_id']}.")

@@ -427,6 +427,50 @@ async def test_slow_cube_is_504(broker: Client, fake: FakeCube) -> None:
     await assert_error(resp, 504, "gateway_timeout")
 
 
+@pytest.mark.parametrize("trickled", ["headers", "body"])
+async def test_a_trickling_cube_cannot_hold_metadata_past_the_timeout(
+    aiohttp_client: Any, broker_env: dict[str, str], trickled: str
+) -> None:
+    """One byte every 0.3 s never trips a read timeout of 1 s: only a deadline ends it."""
+
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n"
+            slow, fast = (head, b"") if trickled == "headers" else (b"", head + b"\r\n")
+            writer.write(fast)
+            for byte in slow or b" " * 99:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.3)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        env = {**broker_env, "BROKER_CUBE_URL": f"http://127.0.0.1:{port}"}
+        broker = await aiohttp_client(create_app(make_settings(**env)))
+        _, key = await token_for(broker)
+        started = time.monotonic()
+        resp = await broker.get(
+            "/api/v0/semantic-model/orders/metadata", headers={"X-API-KEY": key}
+        )
+        await assert_error(resp, 504, "gateway_timeout")
+        assert time.monotonic() - started < 3  # BROKER_UPSTREAM_TIMEOUT is 1 s here
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
 async def test_cors(broker: Client) -> None:
     token, _ = await token_for(broker)
     ok = await broker.get(

@@ -47,6 +47,7 @@ async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -
     body = await resp.json()
     assert set(body) == {"cube_url", "expires_at", "token"}
     assert body["cube_url"] == "http://127.0.0.1:8080/cubejs-api/v1"
+    assert resp.headers["Cache-Control"] == "no-store"  # a bearer credential
     token = body["token"]
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     assert header == {"alg": "HS256", "typ": "JWT"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.errors import AdminDisabled, FieldError, Unauthorized, ValidationFailed
+from broker.handlers import NO_STORE
 from broker.key_admin import DEFAULT_PAGE, MAX_PAGE
 from broker.key_validation import validate_create, validate_patch, validate_rotate
 from broker.requests import admin_credential, read_json_object
@@ -27,7 +28,9 @@ async def create_key(request: web.Request) -> web.Response:
     values = validate_create(await read_json_object(request))
     plaintext, record = await request.app[KEY_ADMIN].create(values)
     request[KEY_PUBLIC_ID] = record.public_id
-    return web.json_response({"api_key": plaintext, "record": record.public()}, status=201)
+    return web.json_response(
+        {"api_key": plaintext, "record": record.public()}, status=201, headers=NO_STORE
+    )
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -60,7 +63,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     require_admin(request)
     grace = validate_rotate(await read_json_object(request, optional=True))
     plaintext, record = await request.app[KEY_ADMIN].rotate(request.match_info["id"], grace)
-    return web.json_response({"api_key": plaintext, "record": record.public()})
+    return web.json_response({"api_key": plaintext, "record": record.public()}, headers=NO_STORE)
 
 
 def _limit(raw: str | None) -> int:

@@ -13,13 +13,13 @@ from aiohttp import web
 
 from broker.callback import driver_config, find_model
 from broker.errors import FieldError, Unauthorized, ValidationFailed
+from broker.handlers import NO_STORE
 from broker.requests import read_json_object
 from broker.state import MODEL_ID, REGISTRY, SETTINGS
 
 CALLBACK_SECRET_HEADER = "X-Broker-Callback-Secret"  # noqa: S105 (a header name)
 _CREDENTIALS_FIELDS = frozenset({"securityContext", "dataSource"})
 #: Driver configs hold a password: no cache anywhere may keep them.
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def require_callback_secret(request: web.Request) -> None:
@@ -38,7 +38,7 @@ async def credentials(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY].current
     # A password_file is read now: keep that file I/O off the event loop.
     config = await asyncio.to_thread(driver_config, registry, model_id, data_source, os.environ)
-    return web.json_response(config, headers=_NO_STORE)
+    return web.json_response(config, headers=NO_STORE)
 
 
 async def model_files(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from broker.errors import FieldError, NotFound, ValidationFailed
+from broker.handlers import NO_STORE
 from broker.models import SemanticModel
 from broker.query import fetch_meta, run_query
 from broker.records import KeyRecord
@@ -50,7 +51,7 @@ async def generate_token(request: web.Request) -> web.Response:
     record, model = await authorized_model(request, TOKEN_CREATE)
     token = await request.app[TOKENS].token_for(record, model)
     body = _token_answer(request.app[SETTINGS].public_url, token.token, token.expires_at)
-    return web.Response(body=body, content_type="application/json")
+    return web.Response(body=body, content_type="application/json", headers=NO_STORE)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -69,7 +70,7 @@ async def metadata(request: web.Request) -> web.Response:
     record, model = await authorized_model(request, META_READ)
     token = await request.app[TOKENS].token_for(record, model)
     status, parsed, raw, content_type = await fetch_meta(
-        request.app[CUBE], token.token, request[REQUEST_ID]
+        request.app[CUBE], token.token, request[REQUEST_ID], request.app[SETTINGS].upstream_timeout
     )
     if status != 200:
         return web.Response(status=status, body=raw, headers={"Content-Type": content_type})
