@@ -67,11 +67,7 @@ def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
     peer = request.remote or ""
     if not trusted or not _is_trusted(peer, trusted):
         return plain(peer)
-    chain = ",".join(request.headers.getall("X-Forwarded-For", ()))
-    hops = [h.strip() for h in chain.split(",")]
-    for hop in reversed(hops):
-        if not hop:
-            continue
+    for hop in reversed(_forwarded_hops(request)):
         if not _is_trusted(hop, trusted):
             return plain(hop)
     return plain(peer)
@@ -82,12 +78,18 @@ def forwarded_for(request: web.Request, trusted: tuple[Network, ...]) -> str:
     proxy, then the peer; from any other peer just the peer (its own claims dropped)."""
     peer = plain(request.remote or "")
     if trusted and _is_trusted(peer, trusted):
-        chain = ", ".join(
-            h.strip() for h in request.headers.getall("X-Forwarded-For", ()) if h.strip()
-        )
-        if chain:
-            return f"{chain}, {peer}"
+        return ", ".join([*_forwarded_hops(request), peer])
     return peer
+
+
+def _forwarded_hops(request: web.Request) -> list[str]:
+    """The addresses of ``X-Forwarded-For``: every header line, in order, blanks dropped."""
+    return [
+        hop.strip()
+        for line in request.headers.getall("X-Forwarded-For", ())
+        for hop in line.split(",")
+        if hop.strip()
+    ]
 
 
 @functools.lru_cache(maxsize=65536)
