@@ -502,6 +502,22 @@ def private_redis() -> Iterator[RedisServer]:
         server.stop()
 
 
+async def test_a_flushed_redis_tells_feed_readers_to_reset(private_redis: RedisServer) -> None:
+    """After a FLUSHDB (or a failover to a replica that was behind) the new feed must not
+    pass for the continuation of the old one, even once it has as many entries."""
+    store = open_store(private_redis.url)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.insert_key(make_record(0))
+        position = (await store.key_changes(None)).seq
+        await store._redis.flushdb()
+        for n in range(1, 4):
+            await store.insert_key(make_record(n))
+        assert (await store.key_changes(position)).reset
+    finally:
+        await store.close()
+
+
 async def test_redis_outage_is_unavailable_then_recovers(private_redis: RedisServer) -> None:
     store = open_store(private_redis.url)
     try:

@@ -56,8 +56,10 @@ from broker.store.common import (
 _UPDATE_ATTEMPTS = 100
 
 # Write scripts share KEYS[1] = feed counter, KEYS[2] = feed, ARGV[1] = the public_id
-# the write concerns, ARGV[2] = the feed length.
+# the write concerns, ARGV[2] = the feed length, and their last ARGV = where a counter
+# that does not exist starts (see _feed_base).
 _APPEND_CHANGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[#ARGV]) end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[2]) + 1))
@@ -101,9 +103,15 @@ if ARGV[7] ~= '1' then return 1 end
 )
 
 # KEYS[1] = feed counter, KEYS[2] = feed. ARGV[1] = since ('' for none), ARGV[2] = the
-# feed length. Returns {head, 1} for a reset, else {head, 0, members}.
+# feed length, ARGV[3] = where a counter that does not exist starts (see _feed_base).
+# Returns {head, 1} for a reset, else {head, 0, members}.
 _CHANGES = """
-local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local head = redis.call('GET', KEYS[1])
+if not head then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return {tonumber(ARGV[3]), 1}
+end
+head = tonumber(head)
 if ARGV[1] == '' then return {head, 1} end
 local since = tonumber(ARGV[1])
 if since > head or head - since > tonumber(ARGV[2]) then return {head, 1} end
@@ -152,6 +160,14 @@ if left < 0 then
 end
 return {n, left}
 """
+
+
+def _feed_base() -> int:
+    """A random start for a feed counter that does not exist (a new, flushed or failed-over
+    Redis): a reader's position from before the loss is then far from the new counter and
+    gets a reset, instead of the new entries passing for the ones it has not seen. Below
+    10**12, so Lua 5.1 still prints every position as an integer."""
+    return secrets.randbelow(10**12)
 
 
 class RedisStore(Store):
@@ -218,6 +234,7 @@ class RedisStore(Store):
             record.id,
             record.sort_key,
             secrets.token_hex(8),
+            _feed_base(),
         ]
         with _unavailable():
             inserted = await self._insert(keys=keys, args=args)
@@ -267,6 +284,7 @@ class RedisStore(Store):
                 new.version,
                 secrets.token_hex(8),
                 int(announce),
+                _feed_base(),
             ]
             with _unavailable():
                 outcome = await self._compare_and_set(keys=keys, args=args)
@@ -280,7 +298,8 @@ class RedisStore(Store):
     async def key_changes(self, since: int | None) -> KeyChanges:
         with _unavailable():
             reply: list[Any] = await self._changes(
-                keys=self._feed_keys, args=["" if since is None else since, self._feed_length]
+                keys=self._feed_keys,
+                args=["" if since is None else since, self._feed_length, _feed_base()],
             )
         head, reset = int(reply[0]), bool(reply[1])
         if reset:
