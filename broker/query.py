@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
+
+import aiohttp
 
 from broker.errors import BadGateway, GatewayTimeout
 from broker.upstream import CubeClient
@@ -12,41 +17,68 @@ from broker.upstream import CubeClient
 LOAD_PATH = "/cubejs-api/v1/load"
 META_PATH = "/cubejs-api/v1/meta"
 _FIRST_DELAY, _MAX_DELAY = 0.05, 1.0
+#: Longest answer that may be Cube's ``{"error": "Continue wait"}``.
+_CONTINUE_WAIT_MAX = 64
 
 
-def is_continue_wait(body: Any) -> bool:
-    return isinstance(body, dict) and body.get("error") == "Continue wait"
+def may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
+    """Whether this answer is short enough to be "Continue wait" (and worth reading whole
+    to find out): a 200 with a small, plain body."""
+    length = upstream.content_length
+    return (
+        upstream.status == 200
+        and length is not None
+        and length <= _CONTINUE_WAIT_MAX
+        and "Content-Encoding" not in upstream.headers
+    )
 
 
-async def run_query(
+def is_continue_wait(raw: bytes) -> bool:
+    return bool(_json_or_none(raw) == {"error": "Continue wait"})
+
+
+@contextlib.asynccontextmanager
+async def final_answer(
     cube: CubeClient, token: str, query: dict[str, Any], request_id: str, time_limit: float
-) -> tuple[int, bytes, str]:
-    """Cube's final answer to ``query``: (status, raw body, content type).
+) -> AsyncIterator[tuple[aiohttp.ClientResponse, bytes]]:
+    """Cube's final answer to ``query``: the response, its headers in, and the part of its
+    body already read (all of it for a short answer, else nothing: the caller streams the
+    rest with :meth:`CubeClient.relay`, so a large result is never held whole).
 
     Polls while Cube answers "Continue wait" (the same request ID each time), with a
-    growing pause, until ``time_limit`` seconds have passed (``GatewayTimeout``). An answer
-    Cube refuses (4xx) is returned unchanged; a 5xx or a non-JSON success is
-    ``BadGateway``.
+    growing pause; the final answer must start within ``time_limit`` seconds
+    (``GatewayTimeout``). An answer Cube refuses (4xx) comes unchanged; a 5xx, or a short
+    success that is not JSON, is ``BadGateway``.
     """
     deadline = time.monotonic() + time_limit
     delay = _FIRST_DELAY
+    headers = {"Authorization": token, "Accept": "application/json",
+               "Content-Type": "application/json", "X-Request-Id": request_id}  # fmt: skip
+    body = json.dumps({"query": query}).encode()
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GatewayTimeout(f"The query did not finish within {time_limit:g} s.")
-        status, parsed, raw, content_type = await cube.call_json(
-            "POST", LOAD_PATH, token, payload={"query": query}, request_id=request_id,
-            time_limit=remaining,
-        )  # fmt: skip
-        if status == 200 and is_continue_wait(parsed):
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, _MAX_DELAY)
-            continue
-        if 400 <= status < 500:
-            return status, raw, content_type
-        if status != 200 or parsed is None:
-            raise BadGateway(f"Cube answered the query with status {status}.")
-        return status, raw, content_type
+        async with cube.request(
+            "POST", LOAD_PATH, headers, body, answer_within=remaining
+        ) as upstream:
+            if upstream.status >= 500:
+                raise BadGateway(f"Cube answered the query with status {upstream.status}.")
+            head = await cube.read(upstream) if may_be_continue_wait(upstream) else b""
+            if not is_continue_wait(head):
+                if upstream.status == 200 and head and _json_or_none(head) is None:
+                    raise BadGateway("Cube answered the query with a body that is not JSON.")
+                yield upstream, head
+                return
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, _MAX_DELAY)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 async def fetch_meta(

@@ -6,16 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
 from broker.errors import BadGateway, GatewayTimeout
 from broker.metrics import Metrics
 from broker.settings import Settings
+
+log = logging.getLogger("broker.proxy")
 
 
 def new_session(settings: Settings) -> aiohttp.ClientSession:
@@ -66,9 +71,12 @@ class CubeClient:
         headers: Mapping[str, str],
         body: bytes | None = None,
         time_limit: float | None = None,
+        answer_within: float | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request; ``path_qs`` is the raw, still-encoded path and query, sent
-        byte for byte. Yields the response once its headers arrived.
+        byte for byte. Yields the response once its headers arrived, which must be within
+        ``answer_within`` seconds when that is shorter than the answer timeout;
+        ``time_limit`` bounds the whole exchange, body included.
 
         Raises ``BadGateway`` (Cube unreachable, connection broken) or ``GatewayTimeout``
         (no answer in time) for failures before the headers arrived.
@@ -82,7 +90,7 @@ class CubeClient:
             )
         started = time.perf_counter()
         with self._failures():
-            async with asyncio.timeout(self._answer_timeout):
+            async with asyncio.timeout(min(self._answer_timeout, answer_within or math.inf)):
                 response = await self._session.request(method, url, **kwargs)
         self._metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
@@ -95,6 +103,33 @@ class CubeClient:
         ``GatewayTimeout`` like any other upstream failure."""
         with self._failures():
             return await response.read()
+
+    async def relay(
+        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, request_id: str
+    ) -> web.StreamResponse:
+        """Copy the rest of ``upstream``'s body to the prepared ``response`` as it arrives.
+        Cube breaking off mid-answer is counted and the caller's connection closed (it
+        cannot get a clean error any more); the caller hanging up just ends the copy."""
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._metrics.upstream_errors.labels("stream").inc()
+                log.warning(
+                    "Cube's answer broke off mid-stream (%s); closing the connection",
+                    type(exc).__name__,
+                    extra={"request_id": request_id},
+                )
+                response.force_close()
+                return response
+            if not chunk:
+                break
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                return response  # the caller went away
+        await response.write_eof()
+        return response
 
     @contextlib.contextmanager
     def _failures(self) -> Iterator[None]:

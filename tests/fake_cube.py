@@ -28,6 +28,7 @@ class FakeCube:
     body: Any = field(default_factory=lambda: {"data": [{"orders.count": "3"}]})
     stream_bytes: int = 0  # > 0: answer with this many bytes, chunked
     answer_headers: dict[str, str] = field(default_factory=dict)  # added to every answer
+    raw_body: bytes | None = None  # answer these bytes (as application/json) instead
     seen: list[Seen] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -64,6 +65,10 @@ class FakeCube:
                 sent += len(part)
             await resp.write_eof()
             return resp
+        if self.raw_body is not None:
+            return web.Response(
+                status=self.status, body=self.raw_body, content_type="application/json"
+            )
         if request.path.endswith("/meta") and self.status == 200:
             return web.json_response({"cubes": [{"name": "orders", "measures": []}]})
         return web.Response(

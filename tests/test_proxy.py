@@ -585,6 +585,29 @@ async def test_cube_5xx_on_query_is_502(broker: Client, fake: FakeCube) -> None:
     await assert_error(resp, 502, "bad_gateway")
 
 
+async def test_a_large_query_result_streams_through_query(broker: Client, fake: FakeCube) -> None:
+    _, key = await token_for(broker)
+    fake.continue_waits = 2
+    fake.stream_bytes = 5 * 1024 * 1024 + 3
+    resp = await broker.post(
+        "/api/v0/semantic-model/orders/query", json={"query": {}}, headers={"X-API-KEY": key}
+    )
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/octet-stream"  # Cube's, unchanged
+    body = await resp.read()
+    assert len(body) == fake.stream_bytes and body[:512] == bytes(range(256)) * 2
+    assert len(fake.seen) == 3
+
+
+async def test_a_short_query_answer_that_is_not_json_is_502(broker: Client, fake: FakeCube) -> None:
+    _, key = await token_for(broker)
+    fake.raw_body = b"<html>oops</html>"
+    resp = await broker.post(
+        "/api/v0/semantic-model/orders/query", json={"query": {}}, headers={"X-API-KEY": key}
+    )
+    await assert_error(resp, 502, "bad_gateway")
+
+
 async def test_upstream_connection_pool_is_shared(broker: Client, fake: FakeCube) -> None:
     token, _ = await token_for(broker)
     results = await asyncio.gather(

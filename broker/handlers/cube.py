@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import Any
-
-import aiohttp
 from aiohttp import web
 
 from broker.key_policy import poll_identity
 from broker.proxy import downstream_headers, upstream_headers
-from broker.query import is_continue_wait
+from broker.query import is_continue_wait, may_be_continue_wait
 from broker.requests import forwarded_for
 from broker.rights import META_READ, QUERY_EXECUTE
 from broker.state import (
@@ -20,16 +15,10 @@ from broker.state import (
     CUBE_ACCESS,
     KEY_POLICY,
     KEY_PUBLIC_ID,
-    METRICS,
     MODEL_ID,
     REQUEST_ID,
     SETTINGS,
 )
-
-log = logging.getLogger("broker.proxy")
-
-#: Longest answer that may be Cube's ``{"error": "Continue wait"}``.
-_CONTINUE_WAIT_MAX = 64
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -50,59 +39,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
             reason=upstream.reason,
             headers=downstream_headers(upstream.headers),
         )
-        if _may_be_continue_wait(upstream):
+        if may_be_continue_wait(upstream):
             # A short JSON answer: read it whole to see whether Cube said "Continue wait",
             # so the caller's next polls of this query are not counted by the rate limit.
             small = await cube.read(upstream)
-            if is_continue_wait(_json_or_none(small)):
+            if is_continue_wait(small):
                 await request.app[KEY_POLICY].mark_poll(grant.key, grant.poll)
             await response.prepare(request)
             await response.write_eof(small)
             return response
         await response.prepare(request)
-        return await _stream(request, upstream, response)
-
-
-async def _stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
-) -> web.StreamResponse:
-    """Copy Cube's answer as it arrives. Cube breaking off mid-answer is counted and the
-    caller's connection closed (it cannot get a clean error any more); the caller hanging
-    up just ends the copy."""
-    while True:
-        try:
-            chunk = await upstream.content.readany()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            request.app[METRICS].upstream_errors.labels("stream").inc()
-            log.warning(
-                "Cube's answer broke off mid-stream (%s); closing the connection",
-                type(exc).__name__,
-                extra={"request_id": request[REQUEST_ID]},
-            )
-            response.force_close()
-            return response
-        if not chunk:
-            break
-        try:
-            await response.write(chunk)
-        except ConnectionResetError:
-            return response  # the caller went away
-    await response.write_eof()
-    return response
-
-
-def _may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
-    length = upstream.content_length
-    return (
-        upstream.status == 200
-        and length is not None
-        and length <= _CONTINUE_WAIT_MAX
-        and "Content-Encoding" not in upstream.headers
-    )
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
+        return await cube.relay(upstream, response, request[REQUEST_ID])

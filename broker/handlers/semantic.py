@@ -11,7 +11,7 @@ from aiohttp import web
 from broker.errors import FieldError, NotFound, ValidationFailed
 from broker.handlers import NO_STORE
 from broker.models import SemanticModel
-from broker.query import fetch_meta, run_query
+from broker.query import fetch_meta, final_answer
 from broker.records import KeyRecord
 from broker.requests import key_credential, read_json_object
 from broker.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE
@@ -84,7 +84,7 @@ async def metadata(request: web.Request) -> web.Response:
     )
 
 
-async def query(request: web.Request) -> web.Response:
+async def query(request: web.Request) -> web.StreamResponse:
     record, model = await authorized_model(request, QUERY_EXECUTE)
     body = await read_json_object(request)
     cube_query = body.get("query")
@@ -97,8 +97,16 @@ async def query(request: web.Request) -> web.Response:
         )
         raise ValidationFailed(problem + unknown)
     token = await request.app[TOKENS].token_for(record, model)
-    status, raw, content_type = await run_query(
-        request.app[CUBE], token.token, cube_query, request[REQUEST_ID],
-        request.app[SETTINGS].query_timeout,
-    )  # fmt: skip
-    return web.Response(status=status, body=raw, headers={"Content-Type": content_type})
+    cube = request.app[CUBE]
+    async with final_answer(
+        cube, token.token, cube_query, request[REQUEST_ID], request.app[SETTINGS].query_timeout
+    ) as (upstream, head):
+        response = web.StreamResponse(status=upstream.status)
+        if "Content-Type" in upstream.headers:
+            response.headers["Content-Type"] = upstream.headers["Content-Type"]
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        if head:
+            await response.write(head)
+        return await cube.relay(upstream, response, request[REQUEST_ID])
