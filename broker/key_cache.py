@@ -55,11 +55,10 @@ class KeyCache:
             if cached is not _MISSING:
                 return cached  # type: ignore[return-value]
         epoch = self._epoch
-        record, _ = await self._flights.do((public_id, epoch), lambda: self._load(public_id))
+        record, _ = await self._flights.do((public_id, epoch), lambda: self._load(public_id, epoch))
         return record
 
-    async def _load(self, public_id: str) -> KeyRecord | None:
-        epoch = self._epoch
+    async def _load(self, public_id: str, epoch: int) -> KeyRecord | None:
         record = await self._store.find_key(public_id)
         if self.live and epoch == self._epoch:
             self._entries[public_id] = record

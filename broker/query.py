@@ -12,13 +12,14 @@ from typing import Any
 import aiohttp
 
 from broker.errors import BadGateway, GatewayTimeout
-from broker.upstream import CubeClient
+from broker.upstream import CubeClient, api_headers, json_or_none
 
 LOAD_PATH = "/cubejs-api/v1/load"
 META_PATH = "/cubejs-api/v1/meta"
 _FIRST_DELAY, _MAX_DELAY = 0.05, 1.0
 #: Longest answer that may be Cube's ``{"error": "Continue wait"}``.
 _CONTINUE_WAIT_MAX = 64
+_CONTINUE_WAIT = {"error": "Continue wait"}
 
 
 def may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
@@ -34,7 +35,7 @@ def may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
 
 
 def is_continue_wait(raw: bytes) -> bool:
-    return bool(_json_or_none(raw) == {"error": "Continue wait"})
+    return bool(json_or_none(raw) == _CONTINUE_WAIT)
 
 
 @contextlib.asynccontextmanager
@@ -52,8 +53,7 @@ async def final_answer(
     """
     deadline = time.monotonic() + time_limit
     delay = _FIRST_DELAY
-    headers = {"Authorization": token, "Accept": "application/json",
-               "Content-Type": "application/json", "X-Request-Id": request_id}  # fmt: skip
+    headers = api_headers(token, request_id, json_body=True)
     body = json.dumps({"query": query}).encode()
     while True:
         remaining = deadline - time.monotonic()
@@ -65,20 +65,14 @@ async def final_answer(
             if upstream.status >= 500:
                 raise BadGateway(f"Cube answered the query with status {upstream.status}.")
             head = await cube.read(upstream) if may_be_continue_wait(upstream) else b""
-            if not is_continue_wait(head):
-                if upstream.status == 200 and head and _json_or_none(head) is None:
+            parsed = json_or_none(head) if head else None
+            if parsed != _CONTINUE_WAIT:
+                if head and parsed is None:
                     raise BadGateway("Cube answered the query with a body that is not JSON.")
                 yield upstream, head
                 return
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, _MAX_DELAY)
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 async def fetch_meta(
@@ -87,8 +81,8 @@ async def fetch_meta(
     """Cube's ``/meta`` for the token's model, whole within ``time_limit`` seconds:
     (status, parsed, raw, content type); a refusal (4xx) comes back as is, anything else
     that is not a JSON object with ``cubes`` is ``BadGateway``."""
-    status, parsed, raw, content_type = await cube.call_json(
-        "GET", META_PATH, token, request_id=request_id, time_limit=time_limit
+    status, parsed, raw, content_type = await cube.get_json(
+        META_PATH, token, request_id, time_limit
     )
     if 400 <= status < 500:
         return status, parsed, raw, content_type

@@ -147,29 +147,28 @@ class CubeClient:
             self._metrics.upstream_errors.labels("protocol").inc()
             raise BadGateway("Cube's answer was broken.") from None
 
-    async def call_json(
-        self,
-        method: str,
-        path: str,
-        token: str,
-        *,
-        payload: Any = None,
-        request_id: str | None = None,
-        time_limit: float | None = None,
+    async def get_json(
+        self, path: str, token: str, request_id: str, time_limit: float
     ) -> tuple[int, Any, bytes, str]:
-        """A JSON call for the broker's own API: (status, parsed body or None, raw body,
-        content type). Raises ``BadGateway`` when the body cannot be read."""
-        headers = {"Authorization": token, "Accept": "application/json"}
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        body = None
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-            body = json.dumps(payload).encode()
-        async with self.request(method, path, headers, body, time_limit) as resp:
+        """A ``GET`` for the broker's own API, read whole within ``time_limit`` seconds:
+        (status, parsed body or None, raw body, content type)."""
+        headers = api_headers(token, request_id)
+        async with self.request("GET", path, headers, time_limit=time_limit) as resp:
             raw = await self.read(resp)
-            try:
-                parsed = json.loads(raw) if raw else None
-            except (ValueError, UnicodeDecodeError):
-                parsed = None
-            return resp.status, parsed, raw, resp.headers.get("Content-Type", "")
+            return resp.status, json_or_none(raw), raw, resp.headers.get("Content-Type", "")
+
+
+def api_headers(token: str, request_id: str, *, json_body: bool = False) -> dict[str, str]:
+    """The headers of the broker's own calls to Cube's API."""
+    headers = {"Authorization": token, "Accept": "application/json", "X-Request-Id": request_id}
+    if json_body:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+def json_or_none(raw: bytes) -> Any:
+    """``raw`` parsed as JSON, or ``None`` when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None

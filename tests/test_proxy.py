@@ -26,7 +26,7 @@ from broker.app import create_app
 from broker.state import STORE
 from broker.store import MintedToken
 from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
-from tests.fake_cube import FakeCube
+from tests.fake_cube import FakeCube, raw_upstream
 from tests.helpers import Client, assert_error, create
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -353,26 +353,17 @@ async def test_a_short_answer_cut_off_is_502(
     aiohttp_client: Any, broker_env: dict[str, str]
 ) -> None:
     async def cut_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 40\r\n\r\n{\"error\": \"Conti")  # fmt: skip
         await writer.drain()
-        writer.close()
 
-    server = await asyncio.start_server(cut_off, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with raw_upstream(cut_off) as url:
         broker = await aiohttp_client(
-            create_app(
-                make_settings(**{**broker_env, "BROKER_CUBE_URL": f"http://127.0.0.1:{port}"})
-            )
+            create_app(make_settings(**{**broker_env, "BROKER_CUBE_URL": url}))
         )
         token, _ = await token_for(broker)
         resp = await broker.get("/cubejs-api/v1/meta", headers={"Authorization": token})
         await assert_error(resp, 502, "bad_gateway")
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_large_answers_stream_through(broker: Client, fake: FakeCube) -> None:
@@ -433,29 +424,19 @@ async def test_a_trickling_cube_cannot_hold_metadata_past_the_timeout(
 ) -> None:
     """One byte every 0.3 s never trips a read timeout of 1 s: only a deadline ends it."""
 
-    handlers: list[asyncio.Task[Any]] = []
-
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n"
-            slow, fast = (head, b"") if trickled == "headers" else (b"", head + b"\r\n")
-            writer.write(fast)
-            for byte in slow or b" " * 99:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(0.3)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n"
+        slow, fast = (head, b"") if trickled == "headers" else (b"", head + b"\r\n")
+        writer.write(fast)
+        for byte in slow or b" " * 99:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.3)
 
-    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        env = {**broker_env, "BROKER_CUBE_URL": f"http://127.0.0.1:{port}"}
-        broker = await aiohttp_client(create_app(make_settings(**env)))
+    async with raw_upstream(trickle) as url:
+        broker = await aiohttp_client(
+            create_app(make_settings(**{**broker_env, "BROKER_CUBE_URL": url}))
+        )
         _, key = await token_for(broker)
         started = time.monotonic()
         resp = await broker.get(
@@ -463,12 +444,6 @@ async def test_a_trickling_cube_cannot_hold_metadata_past_the_timeout(
         )
         await assert_error(resp, 504, "gateway_timeout")
         assert time.monotonic() - started < 3  # BROKER_UPSTREAM_TIMEOUT is 1 s here
-    finally:
-        server.close()
-        for handler in handlers:
-            handler.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
 
 
 async def test_cors(broker: Client) -> None:

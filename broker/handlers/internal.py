@@ -19,7 +19,6 @@ from broker.state import MODEL_ID, REGISTRY, SETTINGS
 
 CALLBACK_SECRET_HEADER = "X-Broker-Callback-Secret"  # noqa: S105 (a header name)
 _CREDENTIALS_FIELDS = frozenset({"securityContext", "dataSource"})
-#: Driver configs hold a password: no cache anywhere may keep them.
 
 
 def require_callback_secret(request: web.Request) -> None:
@@ -38,7 +37,7 @@ async def credentials(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY].current
     # A password_file is read now: keep that file I/O off the event loop.
     config = await asyncio.to_thread(driver_config, registry, model_id, data_source, os.environ)
-    return web.json_response(config, headers=NO_STORE)
+    return web.json_response(config, headers=NO_STORE)  # it holds a password
 
 
 async def model_files(request: web.Request) -> web.Response:
