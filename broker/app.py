@@ -10,17 +10,18 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.cors import on_prepare
-from broker.guard import BruteForceGuard
-from broker.key_admin import KeyAdmin
-from broker.key_auth import KeyVerifier
-from broker.key_cache import KeyCache
-from broker.key_policy import KeyPolicy
-from broker.metrics import Metrics
-from broker.middlewares import broker_middleware
+from broker.cube.access import CubeAccess
+from broker.cube.client import CubeClient, new_session
+from broker.http.cors import on_prepare
+from broker.http.guard import BruteForceGuard
+from broker.http.middlewares import broker_middleware
+from broker.http.requests import MAX_BODY
+from broker.keys.admin import KeyAdmin
+from broker.keys.cache import KeyCache
+from broker.keys.policy import KeyPolicy
+from broker.keys.usage import UsageRecorder
+from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher, load_registry
-from broker.proxy import CubeAccess
-from broker.requests import MAX_BODY
 from broker.routes import setup_routes
 from broker.settings import Settings
 from broker.state import (
@@ -40,10 +41,9 @@ from broker.state import (
     USAGE,
 )
 from broker.store import open_store
-from broker.token_auth import TokenVerifier
-from broker.tokens import TokenPolicy, TokenService
-from broker.upstream import CubeClient, new_session
-from broker.usage import UsageRecorder
+from broker.support.metrics import Metrics
+from broker.tokens.issue import TokenPolicy, TokenService
+from broker.tokens.verify import TokenVerifier
 
 
 def create_app(settings: Settings) -> web.Application:

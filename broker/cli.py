@@ -14,12 +14,12 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from broker.errors import BrokerError, ConfigError, ValidationFailed
-from broker.key_admin import KeyAdmin
-from broker.key_validation import validate_create
-from broker.logs import configure_logging
+from broker.keys.admin import KeyAdmin
+from broker.keys.validation import validate_create
 from broker.models import load_registry
 from broker.settings import Settings
 from broker.store import open_store
+from broker.support.logs import configure_logging
 
 log = logging.getLogger("broker")
 

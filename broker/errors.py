@@ -1,6 +1,6 @@
 """The broker's own error hierarchy.
 
-Domain code raises these; one middleware (:mod:`broker.middlewares`) turns them into the
+Domain code raises these; one middleware (:mod:`broker.http.middlewares`) turns them into the
 JSON error shape of SPEC §3. Messages are written for a person and must never contain a
 secret.
 """

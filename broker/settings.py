@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from broker.errors import ConfigError
-from broker.secret import Secret
+from broker.support.secret import Secret
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

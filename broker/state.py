@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.guard import BruteForceGuard
-from broker.key_admin import KeyAdmin
-from broker.key_auth import KeyVerifier
-from broker.key_cache import KeyCache
-from broker.key_policy import KeyPolicy
-from broker.metrics import Metrics
+from broker.cube.access import CubeAccess
+from broker.cube.client import CubeClient
+from broker.http.guard import BruteForceGuard
+from broker.keys.admin import KeyAdmin
+from broker.keys.cache import KeyCache
+from broker.keys.policy import KeyPolicy
+from broker.keys.usage import UsageRecorder
+from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
-from broker.proxy import CubeAccess
 from broker.settings import Settings
 from broker.store import Store
-from broker.token_auth import TokenVerifier
-from broker.tokens import TokenService
-from broker.upstream import CubeClient
-from broker.usage import UsageRecorder
+from broker.support.metrics import Metrics
+from broker.tokens.issue import TokenService
+from broker.tokens.verify import TokenVerifier
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)

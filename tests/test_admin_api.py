@@ -337,7 +337,7 @@ async def test_rotate_unknown_key_is_404(client: Client, admin_headers: dict[str
 async def test_secrets_never_logged(
     client: Client, admin_headers: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from broker.logs import JsonFormatter
+    from broker.support.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     doc = await create(client, admin_headers)

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from broker.errors import Unauthorized
-from broker.key_auth import KeyVerifier
-from broker.key_cache import KeyCache
+from broker.keys.cache import KeyCache
+from broker.keys.verify import KeyVerifier
 from broker.store import open_store
 from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 from tests.waiting import refused_within, wait_until

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from broker.errors import Forbidden, Unauthorized
-from broker.key_admin import KeyAdmin
-from broker.key_auth import KeyVerifier
-from broker.key_cache import KeyCache
-from broker.key_validation import validate_create
-from broker.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE, grants
+from broker.keys.admin import KeyAdmin
+from broker.keys.cache import KeyCache
+from broker.keys.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE, grants
+from broker.keys.validation import validate_create
+from broker.keys.verify import KeyVerifier
 from broker.store import Store, open_store
-from broker.timeutil import utcnow
+from broker.support.timeutil import utcnow
 from tests.waiting import refused_within, wait_until
 
 

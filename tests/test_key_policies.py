@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
 from broker.app import create_app
-from broker.key_policy import check_ip, poll_identity, virgin_use
-from broker.netaddr import matches
-from broker.records import KeyRecord
+from broker.keys.policy import check_ip, poll_identity, virgin_use
+from broker.keys.record import KeyRecord
 from broker.state import STORE, USAGE
-from broker.timeutil import utcnow
+from broker.support.netaddr import matches
+from broker.support.timeutil import utcnow
 from tests.conftest import ADMIN_KEY, make_settings
 from tests.fake_cube import FakeCube
 from tests.helpers import assert_error

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from broker.errors import StoreUnavailable
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
 from broker.store import MintedToken, Store, open_store
 from broker.store.base import KeyChanges
 from broker.store.common import encode_record
@@ -434,7 +434,7 @@ async def test_sqlite_write_from_another_process_is_visible(sqlite_path: Path) -
         record = make_record()
         script = (
             "import asyncio, sys\n"
-            "from broker.records import KeyRecord\n"
+            "from broker.keys.record import KeyRecord\n"
             "from broker.store.common import decode_record\n"
             "from broker.store.sqlite import SQLiteStore\n"
             "async def main():\n"

@@ -133,7 +133,7 @@ async def _expire(client: Client, key_id: str) -> None:
     from datetime import timedelta
 
     from broker.state import KEY_CACHE
-    from broker.timeutil import utcnow
+    from broker.support.timeutil import utcnow
 
     past = utcnow() - timedelta(seconds=1)
     updated = await client.app[STORE].update_key(

@@ -1,4 +1,4 @@
-"""Batched usage counts (broker.usage) on both stores: nothing lost, nothing counted twice,
+"""Batched usage counts (broker.keys.usage) on both stores: nothing lost, nothing counted twice,
 and a shutdown that does not hang on an unreachable store."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from broker.errors import StoreUnavailable
+from broker.keys.usage import UsageRecorder
 from broker.store import Store
-from broker.timeutil import utcnow
-from broker.usage import UsageRecorder
+from broker.support.timeutil import utcnow
 from tests.test_store_contract import make_record
 
 

@@ -6,9 +6,9 @@ from aiohttp import web
 
 from broker.errors import AdminDisabled, FieldError, Unauthorized, ValidationFailed
 from broker.handlers import NO_STORE
-from broker.key_admin import DEFAULT_PAGE, MAX_PAGE
-from broker.key_validation import validate_create, validate_patch, validate_rotate
-from broker.requests import admin_credential, read_json_object
+from broker.http.requests import admin_credential, read_json_object
+from broker.keys.admin import DEFAULT_PAGE, MAX_PAGE
+from broker.keys.validation import validate_create, validate_patch, validate_rotate
 from broker.state import KEY_ADMIN, KEY_PUBLIC_ID, SETTINGS
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.key_policy import poll_identity
-from broker.proxy import downstream_headers, upstream_headers
-from broker.query import is_continue_wait, may_be_continue_wait
-from broker.requests import forwarded_for
-from broker.rights import META_READ, QUERY_EXECUTE
+from broker.cube.headers import downstream_headers, upstream_headers
+from broker.cube.query import is_continue_wait, may_be_continue_wait
+from broker.http.requests import forwarded_for
+from broker.keys.policy import poll_identity
+from broker.keys.rights import META_READ, QUERY_EXECUTE
 from broker.state import (
     CLIENT_IP,
     CUBE,

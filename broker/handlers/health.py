@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.errors import StoreUnavailable
-from broker.openapi import openapi_document
+from broker.http.openapi import openapi_document
 from broker.state import METRICS, REGISTRY, STORE
 
 

@@ -1,4 +1,4 @@
-"""The internal callback for Cube (SPEC §7): parse, call :mod:`broker.callback`, serialize.
+"""The internal callback for Cube (SPEC §7): parse, call :mod:`broker.cube.callback`, serialize.
 
 Every route requires ``X-Broker-Callback-Secret``; it is checked before anything else, so
 a caller without it learns nothing about which models exist.
@@ -11,10 +11,10 @@ import os
 
 from aiohttp import web
 
-from broker.callback import driver_config, find_model
+from broker.cube.callback import driver_config, find_model
 from broker.errors import FieldError, Unauthorized, ValidationFailed
 from broker.handlers import NO_STORE
-from broker.requests import read_json_object
+from broker.http.requests import read_json_object
 from broker.state import MODEL_ID, REGISTRY, SETTINGS
 
 CALLBACK_SECRET_HEADER = "X-Broker-Callback-Secret"  # noqa: S105 (a header name)

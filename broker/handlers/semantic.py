@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from broker.cube.query import fetch_meta, final_answer
 from broker.errors import FieldError, NotFound, ValidationFailed
 from broker.handlers import NO_STORE
+from broker.http.requests import key_credential, read_json_object
+from broker.keys.record import KeyRecord
+from broker.keys.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE
 from broker.models import SemanticModel
-from broker.query import fetch_meta, final_answer
-from broker.records import KeyRecord
-from broker.requests import key_credential, read_json_object
-from broker.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE
 from broker.state import (
     CLIENT_IP,
     CUBE,
@@ -26,7 +26,7 @@ from broker.state import (
     SETTINGS,
     TOKENS,
 )
-from broker.timeutil import to_iso
+from broker.support.timeutil import to_iso
 
 
 async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord, SemanticModel]:

@@ -19,7 +19,7 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
 
 #: How many change-feed entries a backend keeps; a reader further behind gets ``reset``.
 CHANGE_FEED_LENGTH = 10_000

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
 from broker.store.base import MintedToken
 
 

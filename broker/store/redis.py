@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from broker.errors import StoreUnavailable
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
 from broker.store.base import CHANGE_FEED_LENGTH, KeyChanges, MintedToken, Store
 from broker.store.common import (
     decode_record,

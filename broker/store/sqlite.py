@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from broker.errors import StoreUnavailable
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
 from broker.store.base import CHANGE_FEED_LENGTH, KeyChanges, MintedToken, Store
 from broker.store.common import (
     decode_record,

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from broker.apikey import digest_secret, format_key, new_public_id, new_secret
 from broker.errors import Conflict, FieldError, NotFound, ValidationFailed
-from broker.key_cache import KeyCache
-from broker.key_validation import check_virgin_limits
-from broker.records import KeyRecord
+from broker.keys.cache import KeyCache
+from broker.keys.format import digest_secret, format_key, new_public_id, new_secret
+from broker.keys.record import KeyRecord
+from broker.keys.validation import check_virgin_limits
 from broker.store import Store
-from broker.timeutil import utcnow
+from broker.support.timeutil import utcnow
 
 _PUBLIC_ID_RE = re.compile(r"[a-z0-9]{16}")
 DEFAULT_PAGE = 100

@@ -17,8 +17,8 @@ from aiohttp import web
 from yarl import URL
 
 from broker.errors import BadGateway, GatewayTimeout
-from broker.metrics import Metrics
 from broker.settings import Settings
+from broker.support.metrics import Metrics
 
 log = logging.getLogger("broker.proxy")
 

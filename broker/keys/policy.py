@@ -10,12 +10,12 @@ import re
 from datetime import datetime
 
 from broker.errors import IPNotAllowed, RateLimited, StoreUnavailable, Unauthorized
-from broker.metrics import Metrics
-from broker.netaddr import matches, parse_ip, plain
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
+from broker.keys.usage import UsageRecorder
 from broker.store import Store
-from broker.timeutil import utcnow
-from broker.usage import UsageRecorder
+from broker.support.metrics import Metrics
+from broker.support.netaddr import matches, parse_ip, plain
+from broker.support.timeutil import utcnow
 
 log = logging.getLogger("broker.keys")
 

@@ -18,12 +18,12 @@ import jwt
 from cachetools import LRUCache, TTLCache
 
 from broker.errors import Unauthorized
-from broker.key_cache import KeyCache
-from broker.records import KeyRecord
-from broker.secret import Secret
+from broker.keys.cache import KeyCache
+from broker.keys.record import KeyRecord
 from broker.store import Store
-from broker.timeutil import utcnow
-from broker.tokens import ALGORITHM
+from broker.support.secret import Secret
+from broker.support.timeutil import utcnow
+from broker.tokens.issue import ALGORITHM
 
 _REQUIRED = ("model_id", "schema_hash", "iat", "exp", "jti")
 

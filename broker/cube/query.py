@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from broker.cube.client import CubeClient, api_headers, json_or_none
 from broker.errors import BadGateway, GatewayTimeout
-from broker.upstream import CubeClient, api_headers, json_or_none
 
 LOAD_PATH = "/cubejs-api/v1/load"
 META_PATH = "/cubejs-api/v1/meta"

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from broker.errors import InvalidJSON
-from broker.netaddr import parse_ip, plain
 from broker.settings import Network
+from broker.support.netaddr import parse_ip, plain
 
 MAX_BODY = 1024 * 1024
 

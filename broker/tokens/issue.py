@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import jwt
 from cachetools import LRUCache
 
-from broker.metrics import Metrics
+from broker.keys.record import KeyRecord
 from broker.models import SemanticModel
-from broker.records import KeyRecord
-from broker.secret import Secret
-from broker.single_flight import SingleFlight
 from broker.store import MintedToken, Store
+from broker.support.metrics import Metrics
+from broker.support.secret import Secret
+from broker.support.single_flight import SingleFlight
 
 ALGORITHM = "HS256"
 

@@ -18,7 +18,7 @@ import logging
 from datetime import datetime
 
 from broker.errors import StoreUnavailable
-from broker.records import KeyRecord
+from broker.keys.record import KeyRecord
 from broker.store import Store
 
 log = logging.getLogger("broker.keys")

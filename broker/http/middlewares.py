@@ -12,7 +12,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from broker.cors import is_preflight
 from broker.errors import BadRequest as BadRequestError
 from broker.errors import (
     BrokerError,
@@ -24,9 +23,10 @@ from broker.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from broker.logs import redact
-from broker.requests import client_ip
+from broker.http.cors import is_preflight
+from broker.http.requests import client_ip
 from broker.state import CLIENT_IP, GUARD, KEY_PUBLIC_ID, METRICS, MODEL_ID, REQUEST_ID, SETTINGS
+from broker.support.logs import redact
 
 access_log = logging.getLogger("broker.access")
 error_log = logging.getLogger("broker.errors")

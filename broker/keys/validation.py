@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from broker.errors import FieldError, ValidationFailed
-from broker.netaddr import normalize_rule
-from broker.timeutil import from_iso, utcnow
+from broker.support.netaddr import normalize_rule
+from broker.support.timeutil import from_iso, utcnow
 
 _MAX_TEXT = 1024
 _MAX_LIST = 1000

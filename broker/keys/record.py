@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker.timeutil import from_iso, to_iso
+from broker.support.timeutil import from_iso, to_iso
 
 #: Fields of the public record, in the order the admin API shows them (SPEC §4).
 PUBLIC_FIELDS = (

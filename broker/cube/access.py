@@ -1,55 +1,18 @@
-"""Proxy policy (SPEC §8): which credential buys which Cube token, and which headers
-cross the broker in each direction."""
+"""Proxy policy (SPEC §8): which credential buys which Cube token."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from broker.errors import BadRequest, NotFound, Unauthorized
-from broker.key_auth import KeyVerifier
-from broker.key_policy import KeyPolicy
+from broker.http.requests import split_bearer
+from broker.keys.policy import KeyPolicy
+from broker.keys.record import KeyRecord
+from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
-from broker.records import KeyRecord
-from broker.requests import split_bearer
-from broker.token_auth import TokenVerifier
-from broker.tokens import TokenService
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-#: Request headers that never reach Cube: credentials of the broker's own (and the
-#: browser's cookies for the broker's site, which Cube has no use for), what the broker
-#: sets itself, and ``Content-Encoding`` (aiohttp hands the broker the body decoded).
-_NOT_FORWARDED = HOP_BY_HOP | {
-    "cookie",
-    "host",
-    "content-length",
-    "content-encoding",
-    "authorization",
-    "x-api-key",
-    "x-athena-key",
-    "apikey",
-    "x-semantic-model",
-    "x-request-id",
-    "origin",
-    "x-forwarded-for",
-    "x-real-ip",
-    "forwarded",
-}
+from broker.tokens.issue import TokenService
+from broker.tokens.verify import TokenVerifier
 
 
 class CubeAccess:
@@ -113,35 +76,3 @@ class Grant:
     key: KeyRecord
     model_id: str
     poll: str | None
-
-
-def upstream_headers(
-    incoming: CIMultiDictProxy[str], token: str, request_id: str, forwarded_for: str
-) -> CIMultiDict[str]:
-    """The caller's headers minus hop-by-hop ones, the broker's credentials and forwarding
-    headers, plus the Cube token, the request ID and ``X-Forwarded-For`` (see
-    :func:`broker.requests.forwarded_for`)."""
-    dropped = _NOT_FORWARDED | _connection_tokens(incoming)
-    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in dropped)
-    out["Authorization"] = token
-    out["X-Request-Id"] = request_id
-    out["X-Forwarded-For"] = forwarded_for
-    return out
-
-
-def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """Cube's response headers minus hop-by-hop ones and Cube's own CORS headers (the
-    broker answers CORS itself, per ``BROKER_CORS_ORIGINS``; Cube's default is ``*``)."""
-    dropped = HOP_BY_HOP | _connection_tokens(upstream)
-    return CIMultiDict(
-        (k, v)
-        for k, v in upstream.items()
-        if k.lower() not in dropped and not k.lower().startswith("access-control-")
-    )
-
-
-def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
-    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
-    return frozenset(
-        t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()
-    )

@@ -19,9 +19,9 @@ import time
 from cachetools import TTLCache
 
 from broker.errors import StoreUnavailable
-from broker.records import KeyRecord
-from broker.single_flight import SingleFlight
+from broker.keys.record import KeyRecord
 from broker.store import Store
+from broker.support.single_flight import SingleFlight
 
 log = logging.getLogger("broker.keys")
 

@@ -8,7 +8,7 @@ import re
 import sys
 from typing import Any
 
-from broker.timeutil import to_iso, utcnow
+from broker.support.timeutil import to_iso, utcnow
 
 #: Query parameters whose values never reach a log line.
 _SECRET_PARAMS = re.compile(

@@ -7,13 +7,13 @@ import hmac
 
 from cachetools import LRUCache
 
-from broker.apikey import parse_key, verify_secret
 from broker.errors import Forbidden, Unauthorized
-from broker.key_cache import KeyCache
-from broker.key_policy import KeyPolicy
-from broker.records import KeyRecord
-from broker.rights import grants
-from broker.timeutil import utcnow
+from broker.keys.cache import KeyCache
+from broker.keys.format import parse_key, verify_secret
+from broker.keys.policy import KeyPolicy
+from broker.keys.record import KeyRecord
+from broker.keys.rights import grants
+from broker.support.timeutil import utcnow
 
 
 class KeyVerifier:

@@ -1,0 +1,74 @@
+"""Which headers cross the broker in each direction (SPEC §8): hop-by-hop headers never,
+the broker's own credentials never towards Cube, Cube's CORS headers never back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Request headers that never reach Cube: credentials of the broker's own (and the
+#: browser's cookies for the broker's site, which Cube has no use for), what the broker
+#: sets itself, and ``Content-Encoding`` (aiohttp hands the broker the body decoded).
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "cookie",
+    "host",
+    "content-length",
+    "content-encoding",
+    "authorization",
+    "x-api-key",
+    "x-athena-key",
+    "apikey",
+    "x-semantic-model",
+    "x-request-id",
+    "origin",
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+}
+
+
+def upstream_headers(
+    incoming: CIMultiDictProxy[str], token: str, request_id: str, forwarded_for: str
+) -> CIMultiDict[str]:
+    """The caller's headers minus hop-by-hop ones, the broker's credentials and forwarding
+    headers, plus the Cube token, the request ID and ``X-Forwarded-For`` (see
+    :func:`broker.http.requests.forwarded_for`)."""
+    dropped = _NOT_FORWARDED | _connection_tokens(incoming)
+    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in dropped)
+    out["Authorization"] = token
+    out["X-Request-Id"] = request_id
+    out["X-Forwarded-For"] = forwarded_for
+    return out
+
+
+def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Cube's response headers minus hop-by-hop ones and Cube's own CORS headers (the
+    broker answers CORS itself, per ``BROKER_CORS_ORIGINS``; Cube's default is ``*``)."""
+    dropped = HOP_BY_HOP | _connection_tokens(upstream)
+    return CIMultiDict(
+        (k, v)
+        for k, v in upstream.items()
+        if k.lower() not in dropped and not k.lower().startswith("access-control-")
+    )
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
+    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    return frozenset(
+        t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()
+    )
