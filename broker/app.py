@@ -42,7 +42,7 @@ from broker.state import (
 )
 from broker.store import open_store
 from broker.support.metrics import Metrics
-from broker.tokens.issue import TokenPolicy, TokenService
+from broker.tokens.issue import TokenConfig, TokenService
 from broker.tokens.verify import TokenVerifier
 
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_upstream)
     app.cleanup_ctx.append(_key_change_feed)
     app.cleanup_ctx.append(_usage_flushing)
@@ -71,27 +72,32 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     store = open_store(app[SETTINGS].store_url)
-    cache = KeyCache(store)
     app[STORE] = store
-    app[KEY_CACHE] = cache
-    app[KEY_ADMIN] = KeyAdmin(store, cache)
-    settings = app[SETTINGS]
-    app[USAGE] = UsageRecorder(store)
-    app[KEY_POLICY] = KeyPolicy(store, app[USAGE], app[METRICS])
-    app[KEY_VERIFIER] = KeyVerifier(cache, app[KEY_POLICY])
-    app[GUARD] = BruteForceGuard(store, settings.brute_force_limit)
-    token_policy = TokenPolicy(
-        settings.api_secret, settings.token_ttl, settings.token_min_remaining
-    )
-    app[TOKENS] = TokenService(store, token_policy, app[METRICS])
-    app[TOKEN_VERIFIER] = TokenVerifier(settings.api_secret, store, cache)
-    app[CUBE_ACCESS] = CubeAccess(
-        app[KEY_VERIFIER], app[TOKENS], app[TOKEN_VERIFIER], app[REGISTRY], app[KEY_POLICY]
-    )
     try:
         yield
     finally:
         await store.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    """The domain services over the store; they hold no resource of their own."""
+    wire_services(app)
+    yield
+
+
+def wire_services(app: web.Application) -> None:
+    """Build the key, token and proxy services on ``app[STORE]``, each from its parts."""
+    settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
+    cache = app[KEY_CACHE] = KeyCache(store)
+    app[KEY_ADMIN] = KeyAdmin(store, cache)
+    usage = app[USAGE] = UsageRecorder(store)
+    policy = app[KEY_POLICY] = KeyPolicy(store, usage, metrics)
+    keys = app[KEY_VERIFIER] = KeyVerifier(cache, policy)
+    app[GUARD] = BruteForceGuard(store, settings.brute_force_limit)
+    config = TokenConfig(settings.api_secret, settings.token_ttl, settings.token_min_remaining)
+    tokens = app[TOKENS] = TokenService(store, config, metrics)
+    token_verifier = app[TOKEN_VERIFIER] = TokenVerifier(settings.api_secret, store, cache)
+    app[CUBE_ACCESS] = CubeAccess(keys, tokens, token_verifier, app[REGISTRY], policy)
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,26 @@ class BadRequest(BrokerError):
     status, code, default_message = 400, "bad_request", "The request is malformed."
 
 
+class AuthFailure(StrEnum):
+    """Why a credential was refused: the ``reason`` label of ``broker_auth_failures_total``
+    and of log lines, never shown to the caller."""
+
+    MISSING = "missing"  # no credential at all: not an attempt, the guard ignores it
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    WRONG_SECRET = "wrong_secret"  # noqa: S105
+    REVOKED = "revoked"
+    INACTIVE = "inactive"
+    EXPIRED = "expired"
+    WRONG_ADMIN_KEY = "wrong_admin_key"
+    CALLBACK_SECRET = "callback_secret"  # noqa: S105 - a reason, not a password
+    INVALID_TOKEN = "invalid_token"  # noqa: S105
+    EXPIRED_TOKEN = "expired_token"  # noqa: S105
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105
+    REVOKED_TOKEN = "revoked_token"  # noqa: S105
+    INACTIVE_TOKEN = "inactive_token"  # noqa: S105
+
+
 class Unauthorized(BrokerError):
     """A missing, malformed, unknown, wrong, expired, inactive or revoked credential.
 
@@ -46,7 +67,7 @@ class Unauthorized(BrokerError):
 
     status, code, default_message = 401, "unauthorized", "Missing or invalid credentials."
 
-    def __init__(self, reason: str = "invalid", message: str | None = None):
+    def __init__(self, reason: AuthFailure, message: str | None = None):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
         self.reason = reason
 

@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from broker.errors import BadRequest, NotFound, Unauthorized
-from broker.http.requests import split_bearer
-from broker.keys.policy import KeyPolicy
+from broker.cube.query import is_continue_wait
+from broker.errors import AuthFailure, BadRequest, Unauthorized
+from broker.keys.policy import KeyPolicy, poll_identity
 from broker.keys.record import KeyRecord
 from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
 from broker.tokens.issue import TokenService
 from broker.tokens.verify import TokenVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a caller of the proxy presented: an Athena key (with the model it names), or
+    else a token (``""`` when nothing was presented)."""
+
+    key: str | None
+    token: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The request being forwarded, as far as the rate limit's poll grace needs it."""
+
+    request_id: str | None
+    method: str
+    path_qs: str
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The Cube token to forward, the key behind it, the model, the caller's poll identity
+    (``None`` when the key has no rate limit: nothing would use it)."""
+
+    token: str
+    key: KeyRecord
+    model_id: str
+    poll: str | None
 
 
 class CubeAccess:
@@ -39,40 +69,35 @@ class CubeAccess:
         self._registry = registry
 
     async def resolve(
-        self, headers: Mapping[str, str], right: str, client_ip: str, poll: str | None
+        self, credential: Credential, right: str, client_ip: str, call: Call
     ) -> Grant:
-        """What to forward for this caller (``poll``: see :func:`poll_identity`); raises
-        ``Unauthorized``, ``BadRequest``, ``IPNotAllowed``, ``Forbidden``, ``NotFound`` or
-        ``RateLimited``."""
-        authorization = headers.get("Authorization", "").strip()
-        bearer = split_bearer(authorization)
-        athena_key = headers.get("X-API-Key") or (
-            bearer if bearer and bearer.startswith("ath_") else None
-        )
-        if athena_key:
-            record = await self._keys.authenticate(athena_key)
-            asset_id = headers.get("X-Semantic-Model", "").strip()
-            if not asset_id:
+        """What to forward for this caller; raises ``Unauthorized``, ``BadRequest``,
+        ``IPNotAllowed``, ``Forbidden``, ``NotFound`` or ``RateLimited``."""
+        if credential.key:
+            record = await self._keys.authenticate(credential.key)
+            if not credential.model:
                 raise BadRequest("An Athena key needs the X-Semantic-Model header here.")
-            record = await self._keys.admit(record, right, asset_id, client_ip, poll)
-            model = self._registry.current.get(asset_id)
-            if model is None:
-                raise NotFound("No semantic model with this asset ID.")
+            poll = _poll(record, call)
+            record = await self._keys.permit(record, right, credential.model, client_ip, poll)
+            model = self._registry.current.require(credential.model)
             minted = await self._tokens.token_for(record, model)
             return Grant(minted.token, record, model.asset_id, poll)
-        token = bearer if bearer is not None else authorization
-        if not token:
-            raise Unauthorized("missing")
-        claims, record = await self._token_verifier.verify(token)
+        if not credential.token:
+            raise Unauthorized(AuthFailure.MISSING)
+        claims, record = await self._token_verifier.verify(credential.token)
+        poll = _poll(record, call)
         await self._policy.limit(record, poll)
-        return Grant(token, record, claims.model_id, poll)
+        return Grant(credential.token, record, claims.model_id, poll)
+
+    async def answered(self, grant: Grant, body: bytes) -> None:
+        """Cube's whole (short) answer to ``grant``'s call: a "Continue wait" makes the
+        caller's next polls of this query free of the rate limit."""
+        if grant.poll is not None and is_continue_wait(body):
+            await self._policy.mark_poll(grant.key, grant.poll)
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """The Cube token to forward, the key behind it, the model, the caller's poll identity."""
-
-    token: str
-    key: KeyRecord
-    model_id: str
-    poll: str | None
+def _poll(record: KeyRecord, call: Call) -> str | None:
+    """The poll identity of ``call``, computed only for a key with a rate limit."""
+    if record.rate_limit_per_minute <= 0:
+        return None
+    return poll_identity(call.request_id, call.method, call.path_qs, call.body or b"")

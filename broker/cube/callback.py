@@ -12,8 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from broker.errors import BrokerError, NotFound
-from broker.models import CredentialError, Registry, SemanticModel
-from broker.models.registry import ASSET_ID_RE
+from broker.models import CredentialError, Registry
 
 log = logging.getLogger("broker.callback")
 
@@ -30,18 +29,6 @@ class CredentialsUnavailable(BrokerError):
     )
 
 
-def find_model(registry: Registry, asset_id: str) -> SemanticModel:
-    """The model ``asset_id``; :class:`NotFound` when unknown.
-
-    An ID outside ``[A-Za-z0-9_-]{1,64}`` is not looked up at all (``..``, slashes and
-    absolute paths can name nothing).
-    """
-    model = registry.get(asset_id) if ASSET_ID_RE.fullmatch(asset_id) else None
-    if model is None:
-        raise NotFound("Unknown semantic model.")
-    return model
-
-
 def driver_config(
     registry: Registry, asset_id: str, data_source: str, environ: Mapping[str, str]
 ) -> dict[str, object]:
@@ -51,7 +38,7 @@ def driver_config(
     Raises :class:`NotFound` for an unknown model or data source and
     :class:`CredentialsUnavailable` when the secret cannot be resolved.
     """
-    model = find_model(registry, asset_id)
+    model = registry.require(asset_id)
     source = model.data_source(data_source)
     if source is None:
         raise NotFound("The semantic model has no such data source.")

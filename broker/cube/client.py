@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -105,11 +106,26 @@ class CubeClient:
             return await response.read()
 
     async def relay(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, request_id: str
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        headers: Mapping[str, str],
+        request_id: str,
+        head: bytes = b"",
     ) -> web.StreamResponse:
-        """Copy the rest of ``upstream``'s body to the prepared ``response`` as it arrives.
-        Cube breaking off mid-answer is counted and the caller's connection closed (it
-        cannot get a clean error any more); the caller hanging up just ends the copy."""
+        """Answer ``request`` with ``upstream``'s status and ``headers``: first ``head``
+        (the part of the body already read), then the rest as it arrives, never held
+        whole. Cube breaking off mid-answer is counted and the caller's connection closed
+        (it cannot get a clean error any more); the caller hanging up just ends the copy."""
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        await response.prepare(request)
+        if upstream.content.at_eof():
+            await response.write_eof(head)  # a short answer read whole: one write
+            return response
+        if head:
+            await response.write(head)
         while True:
             try:
                 chunk = await upstream.content.readany()
@@ -149,13 +165,25 @@ class CubeClient:
 
     async def get_json(
         self, path: str, token: str, request_id: str, time_limit: float
-    ) -> tuple[int, Any, bytes, str]:
-        """A ``GET`` for the broker's own API, read whole within ``time_limit`` seconds:
-        (status, parsed body or None, raw body, content type)."""
+    ) -> CubeAnswer:
+        """A ``GET`` for the broker's own API, read whole within ``time_limit`` seconds."""
         headers = api_headers(token, request_id)
         async with self.request("GET", path, headers, time_limit=time_limit) as resp:
             raw = await self.read(resp)
-            return resp.status, json_or_none(raw), raw, resp.headers.get("Content-Type", "")
+            return CubeAnswer(
+                resp.status, raw, resp.headers.get("Content-Type", ""), json_or_none(raw)
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CubeAnswer:
+    """A whole answer of Cube's: status, body, its content type, the body parsed as JSON
+    (``None`` when it is not JSON)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    parsed: Any
 
 
 def api_headers(token: str, request_id: str, *, json_body: bool = False) -> dict[str, str]:

@@ -72,3 +72,11 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(
         t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()
     )
+
+
+def content_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """What the broker's own API passes on of Cube's answer headers: the body's type and
+    length, nothing else of Cube's (its answer is the broker's answer there)."""
+    return CIMultiDict(
+        (k, v) for k, v in upstream.items() if k.lower() in ("content-type", "content-length")
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.cube.client import CubeClient, api_headers, json_or_none
+from broker.cube.client import CubeAnswer, CubeClient, api_headers, json_or_none
 from broker.errors import BadGateway, GatewayTimeout
 
 LOAD_PATH = "/cubejs-api/v1/load"
@@ -77,15 +77,18 @@ async def final_answer(
 
 async def fetch_meta(
     cube: CubeClient, token: str, request_id: str, time_limit: float
-) -> tuple[int, Any, bytes, str]:
-    """Cube's ``/meta`` for the token's model, whole within ``time_limit`` seconds:
-    (status, parsed, raw, content type); a refusal (4xx) comes back as is, anything else
-    that is not a JSON object with ``cubes`` is ``BadGateway``."""
-    status, parsed, raw, content_type = await cube.get_json(
-        META_PATH, token, request_id, time_limit
-    )
-    if 400 <= status < 500:
-        return status, parsed, raw, content_type
-    if status != 200 or not isinstance(parsed, dict) or not isinstance(parsed.get("cubes"), list):
-        raise BadGateway(f"Cube answered /meta with status {status}.")
-    return status, parsed, raw, content_type
+) -> CubeAnswer:
+    """Cube's ``/meta`` for the token's model, whole within ``time_limit`` seconds; a
+    refusal (4xx) comes back as is, anything else that is not a JSON object with ``cubes``
+    is ``BadGateway``."""
+    answer = await cube.get_json(META_PATH, token, request_id, time_limit)
+    if 400 <= answer.status < 500:
+        return answer
+    parsed = answer.parsed
+    if (
+        answer.status != 200
+        or not isinstance(parsed, dict)
+        or not isinstance(parsed.get("cubes"), list)
+    ):
+        raise BadGateway(f"Cube answered /meta with status {answer.status}.")
+    return answer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.errors import AdminDisabled, FieldError, Unauthorized, ValidationFailed
+from broker.errors import AdminDisabled, AuthFailure, FieldError, Unauthorized, ValidationFailed
 from broker.handlers import NO_STORE
 from broker.http.requests import admin_credential, read_json_object
 from broker.keys.admin import DEFAULT_PAGE, MAX_PAGE
@@ -18,9 +18,9 @@ def require_admin(request: web.Request) -> None:
         raise AdminDisabled()
     presented = admin_credential(request)
     if presented is None:
-        raise Unauthorized("missing")
+        raise Unauthorized(AuthFailure.MISSING)
     if not admin_key.matches(presented):
-        raise Unauthorized("wrong_admin_key")
+        raise Unauthorized(AuthFailure.WRONG_ADMIN_KEY)
 
 
 async def create_key(request: web.Request) -> web.Response:

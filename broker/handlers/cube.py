@@ -4,49 +4,32 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.cube.access import Call
 from broker.cube.headers import downstream_headers, upstream_headers
-from broker.cube.query import is_continue_wait, may_be_continue_wait
-from broker.http.requests import forwarded_for
-from broker.keys.policy import poll_identity
+from broker.cube.query import may_be_continue_wait
+from broker.http.requests import forwarded_for, proxy_credential
 from broker.keys.rights import META_READ, QUERY_EXECUTE
-from broker.state import (
-    CLIENT_IP,
-    CUBE,
-    CUBE_ACCESS,
-    KEY_POLICY,
-    KEY_PUBLIC_ID,
-    MODEL_ID,
-    REQUEST_ID,
-    SETTINGS,
-)
+from broker.state import CLIENT_IP, CUBE, CUBE_ACCESS, KEY_PUBLIC_ID, MODEL_ID, REQUEST_ID, SETTINGS
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
     right = META_READ if request.path == "/cubejs-api/v1/meta" else QUERY_EXECUTE
     body = await request.read() if request.body_exists else None
-    poll = poll_identity(
-        request.headers.get("X-Request-Id"), request.method, request.raw_path, body or b""
-    )
-    grant = await request.app[CUBE_ACCESS].resolve(request.headers, right, request[CLIENT_IP], poll)
+    call = Call(request.headers.get("X-Request-Id"), request.method, request.raw_path, body)
+    access = request.app[CUBE_ACCESS]
+    grant = await access.resolve(proxy_credential(request.headers), right, request[CLIENT_IP], call)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
     forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)
     headers = upstream_headers(request.headers, grant.token, request[REQUEST_ID], forwarded)
     cube = request.app[CUBE]
     async with cube.request(request.method, request.raw_path, headers, body) as upstream:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=downstream_headers(upstream.headers),
-        )
+        head = b""
         if may_be_continue_wait(upstream):
             # A short JSON answer: read it whole to see whether Cube said "Continue wait",
             # so the caller's next polls of this query are not counted by the rate limit.
-            small = await cube.read(upstream)
-            if is_continue_wait(small):
-                await request.app[KEY_POLICY].mark_poll(grant.key, grant.poll)
-            await response.prepare(request)
-            await response.write_eof(small)
-            return response
-        await response.prepare(request)
-        return await cube.relay(upstream, response, request[REQUEST_ID])
+            head = await cube.read(upstream)
+            await access.answered(grant, head)
+        return await cube.relay(
+            request, upstream, downstream_headers(upstream.headers), request[REQUEST_ID], head
+        )

@@ -11,8 +11,8 @@ import os
 
 from aiohttp import web
 
-from broker.cube.callback import driver_config, find_model
-from broker.errors import FieldError, Unauthorized, ValidationFailed
+from broker.cube.callback import driver_config
+from broker.errors import AuthFailure, FieldError, Unauthorized, ValidationFailed
 from broker.handlers import NO_STORE
 from broker.http.requests import read_json_object
 from broker.state import MODEL_ID, REGISTRY, SETTINGS
@@ -24,9 +24,9 @@ _CREDENTIALS_FIELDS = frozenset({"securityContext", "dataSource"})
 def require_callback_secret(request: web.Request) -> None:
     presented = request.headers.get(CALLBACK_SECRET_HEADER)
     if not presented:
-        raise Unauthorized("missing")
+        raise Unauthorized(AuthFailure.MISSING)
     if not request.app[SETTINGS].callback_secret.matches(presented):
-        raise Unauthorized("callback_secret")
+        raise Unauthorized(AuthFailure.CALLBACK_SECRET)
 
 
 async def credentials(request: web.Request) -> web.Response:
@@ -42,7 +42,7 @@ async def credentials(request: web.Request) -> web.Response:
 
 async def model_files(request: web.Request) -> web.Response:
     require_callback_secret(request)
-    model = find_model(request.app[REGISTRY].current, request.match_info["asset_id"])
+    model = request.app[REGISTRY].current.require(request.match_info["asset_id"])
     request[MODEL_ID] = model.asset_id
     files = [{"fileName": f.path, "content": f.text} for f in model.files]
     return web.json_response({"schema_hash": model.schema_hash, "files": files})

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from broker.cube.headers import content_headers
 from broker.cube.query import fetch_meta, final_answer
-from broker.errors import FieldError, NotFound, ValidationFailed
+from broker.errors import FieldError, ValidationFailed
 from broker.handlers import NO_STORE
 from broker.http.requests import key_credential, read_json_object
 from broker.keys.record import KeyRecord
@@ -37,12 +38,10 @@ async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord,
     """
     asset_id = request.match_info["asset_id"]
     record = await request.app[KEY_VERIFIER].authorize(
-        key_credential(request), right, asset_id, request[CLIENT_IP]
+        key_credential(request.headers), right, asset_id, request[CLIENT_IP]
     )
     request[KEY_PUBLIC_ID] = record.public_id
-    model = request.app[REGISTRY].current.get(asset_id)
-    if model is None:
-        raise NotFound("No semantic model with this asset ID.")
+    model = request.app[REGISTRY].current.require(asset_id)
     request[MODEL_ID] = model.asset_id
     return record, model
 
@@ -69,17 +68,19 @@ def _token_answer(public_url: str, token: str, expires_at: int) -> bytes:
 async def metadata(request: web.Request) -> web.Response:
     record, model = await authorized_model(request, META_READ)
     token = await request.app[TOKENS].token_for(record, model)
-    status, parsed, raw, content_type = await fetch_meta(
+    answer = await fetch_meta(
         request.app[CUBE], token.token, request[REQUEST_ID], request.app[SETTINGS].upstream_timeout
     )
-    if status != 200:
-        return web.Response(status=status, body=raw, headers={"Content-Type": content_type})
+    if answer.status != 200:
+        return web.Response(
+            status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type}
+        )
     return web.json_response(
         {
             "asset_id": model.asset_id,
             "name": model.name,
             "schema_hash": model.schema_hash,
-            "cubes": parsed["cubes"],
+            "cubes": answer.parsed["cubes"],
         }
     )
 
@@ -101,12 +102,6 @@ async def query(request: web.Request) -> web.StreamResponse:
     async with final_answer(
         cube, token.token, cube_query, request[REQUEST_ID], request.app[SETTINGS].query_timeout
     ) as (upstream, head):
-        response = web.StreamResponse(status=upstream.status)
-        if "Content-Type" in upstream.headers:
-            response.headers["Content-Type"] = upstream.headers["Content-Type"]
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        if head:
-            await response.write(head)
-        return await cube.relay(upstream, response, request[REQUEST_ID])
+        return await cube.relay(
+            request, upstream, content_headers(upstream.headers), request[REQUEST_ID], head
+        )

@@ -12,8 +12,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from broker.errors import BadRequest as BadRequestError
 from broker.errors import (
+    AuthFailure,
     BrokerError,
     Forbidden,
     MethodNotAllowed,
@@ -23,6 +23,7 @@ from broker.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from broker.errors import BadRequest as BadRequestError
 from broker.http.cors import is_preflight
 from broker.http.requests import client_ip
 from broker.state import CLIENT_IP, GUARD, KEY_PUBLIC_ID, METRICS, MODEL_ID, REQUEST_ID, SETTINGS
@@ -33,9 +34,9 @@ error_log = logging.getLogger("broker.errors")
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
+#: aiohttp's own refusals (it raises no 401: credentials are the broker's business).
 _HTTP_ERRORS: dict[int, type[BrokerError]] = {
     400: BadRequestError,
-    401: Unauthorized,
     403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
@@ -111,7 +112,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         return await handler(request)
     except Unauthorized as exc:
-        if exc.reason != "missing":
+        if exc.reason is not AuthFailure.MISSING:
             await guard.failed(subject)
         raise
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from broker.cube.access import Credential
 from broker.errors import InvalidJSON
+from broker.keys.format import looks_like_key
 from broker.settings import Network
 from broker.support.netaddr import parse_ip, plain
 
@@ -42,22 +45,31 @@ def split_bearer(authorization: str) -> str | None:
     return None
 
 
-def bearer(request: web.Request) -> str | None:
-    return split_bearer(request.headers.get("Authorization", ""))
-
-
 def admin_credential(request: web.Request) -> str | None:
     """The admin key from any of the five places SPEC §4 allows."""
     for header in ("apikey", "X-API-Key", "X-Athena-Key"):
         value = request.headers.get(header)
         if value:
             return value
-    return bearer(request) or request.query.get("api_key") or None
+    bearer = split_bearer(request.headers.get("Authorization", ""))
+    return bearer or request.query.get("api_key") or None
 
 
-def key_credential(request: web.Request) -> str | None:
-    """An Athena key from ``X-API-KEY`` or ``Authorization: Bearer``."""
-    return request.headers.get("X-API-Key") or bearer(request)
+def key_credential(headers: Mapping[str, str]) -> str | None:
+    """An Athena key from ``X-API-KEY`` or ``Authorization: Bearer`` (the semantic-model
+    API, SPEC §6)."""
+    return headers.get("X-API-Key") or split_bearer(headers.get("Authorization", ""))
+
+
+def proxy_credential(headers: Mapping[str, str]) -> Credential:
+    """The proxy's two ways in (SPEC §8): an Athena key in ``X-API-KEY`` or ``Bearer ath_…``
+    with the model of ``X-Semantic-Model``; else the token of ``Authorization: <jwt>`` or
+    ``Bearer <jwt>``."""
+    authorization = headers.get("Authorization", "").strip()
+    bearer = split_bearer(authorization)
+    key = headers.get("X-API-Key") or (bearer if bearer and looks_like_key(bearer) else None)
+    token = bearer if bearer is not None else authorization
+    return Credential(key, token, headers.get("X-Semantic-Model", "").strip())
 
 
 def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:

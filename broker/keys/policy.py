@@ -26,13 +26,23 @@ _SPAN_SUFFIX = re.compile(r"-span-\d+$")
 
 
 def check_ip(record: KeyRecord, ip: str) -> None:
-    """Blacklist first, then a non-empty whitelist must match. A key with either list
-    refuses an address that is not one (what a trusted proxy reported, e.g. ``unknown``)."""
-    if (record.ip_blacklist or record.ip_whitelist) and parse_ip(ip) is None:
+    """The key's IP rules for ``ip``: the blacklist first, then a non-empty whitelist must
+    match. A key with either list refuses an address that is not one (what a trusted proxy
+    reported, e.g. ``unknown``). Raises ``IPNotAllowed``."""
+    if record.ip_blacklist or record.ip_whitelist:
+        _refuse_unlisted(ip, record.ip_blacklist, record.ip_whitelist or None)
+
+
+def _refuse_unlisted(
+    ip: str, blacklist: tuple[str, ...], whitelist: tuple[str, ...] | None
+) -> None:
+    """The one statement of the IP rules: an address, not blacklisted, and on
+    ``whitelist`` unless that is ``None`` (no whitelist rule)."""
+    if parse_ip(ip) is None:
         raise IPNotAllowed("The client address could not be read.")
-    if matches(ip, record.ip_blacklist):
+    if matches(ip, blacklist):
         raise IPNotAllowed("This address is blacklisted for this key.")
-    if record.ip_whitelist and not matches(ip, record.ip_whitelist):
+    if whitelist is not None and not matches(ip, whitelist):
         raise IPNotAllowed()
 
 
@@ -47,15 +57,12 @@ def virgin_use(record: KeyRecord, ip: str, now: datetime) -> KeyRecord:
     if refusal is not None:
         raise Unauthorized(refusal)
     address = plain(ip)
-    if parse_ip(address) is None:
-        raise IPNotAllowed("The client address could not be read.")
     whitelist = record.ip_whitelist
-    if matches(address, record.ip_blacklist):
-        raise IPNotAllowed("This address is blacklisted for this key.")
+    cap = record.max_whitelist_ips
+    learning = not record.locked and (cap == 0 or len(whitelist) < cap)
+    # While it can still learn, any address that is not blacklisted is admitted.
+    _refuse_unlisted(address, record.ip_blacklist, None if learning else whitelist)
     if not matches(address, whitelist):
-        cap = record.max_whitelist_ips
-        if record.locked or (cap > 0 and len(whitelist) >= cap):
-            raise IPNotAllowed()
         whitelist = (*whitelist, address)
     count = record.request_count + 1
     locked = (
@@ -87,7 +94,7 @@ class KeyPolicy:
         self._usage = usage
         self._metrics = metrics
 
-    async def admit(self, record: KeyRecord, ip: str) -> KeyRecord:
+    async def record_use(self, record: KeyRecord, ip: str) -> KeyRecord:
         """Apply the key's IP rules from ``ip`` and count the authentication. Virgin-mode
         keys go through one atomic store update (exact counts, atomic learning); others
         are counted in batches. Raises ``IPNotAllowed``."""

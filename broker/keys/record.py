@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from broker.errors import AuthFailure
 from broker.support.timeutil import from_iso, to_iso
 
 #: Fields of the public record, in the order the admin API shows them (SPEC §4).
@@ -80,15 +81,15 @@ class KeyRecord:
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def refusal(self, now: datetime) -> str | None:
-        """Why this key may not be used at all now (``revoked``, ``inactive``,
-        ``expired``), or ``None``."""
+    def refusal(self, now: datetime) -> AuthFailure | None:
+        """Why this key may not be used at all now (revoked, inactive, expired), or
+        ``None``."""
         if self.revoked_at is not None:
-            return "revoked"
+            return AuthFailure.REVOKED
         if not self.is_active:
-            return "inactive"
+            return AuthFailure.INACTIVE
         if self.is_expired(now):
-            return "expired"
+            return AuthFailure.EXPIRED
         return None
 
     def public(self) -> dict[str, Any]:

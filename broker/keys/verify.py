@@ -7,7 +7,7 @@ import hmac
 
 from cachetools import LRUCache
 
-from broker.errors import Forbidden, Unauthorized
+from broker.errors import AuthFailure, Forbidden, Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.format import parse_key, verify_secret
 from broker.keys.policy import KeyPolicy
@@ -32,13 +32,13 @@ class KeyVerifier:
     async def authenticate(self, presented: str | None) -> KeyRecord:
         """The record of a valid, active, unexpired key; raises ``Unauthorized``."""
         if not presented:
-            raise Unauthorized("missing")
+            raise Unauthorized(AuthFailure.MISSING)
         parsed = parse_key(presented)
         if parsed is None:
-            raise Unauthorized("malformed")
+            raise Unauthorized(AuthFailure.MALFORMED)
         record = await self._cache.get(parsed.public_id)
         if record is None:
-            raise Unauthorized("unknown")
+            raise Unauthorized(AuthFailure.UNKNOWN)
         now = utcnow()
         if not self._secret_matches(record, parsed.secret) and not (
             record.previous_secret_digest is not None
@@ -46,7 +46,7 @@ class KeyVerifier:
             and record.previous_secret_expires_at > now
             and verify_secret(parsed.secret, record.previous_secret_digest)
         ):
-            raise Unauthorized("wrong_secret")
+            raise Unauthorized(AuthFailure.WRONG_SECRET)
         refusal = record.refusal(now)
         if refusal is not None:
             raise Unauthorized(refusal)
@@ -77,11 +77,11 @@ class KeyVerifier:
         client_ip: str = "",
         poll: str | None = None,
     ) -> KeyRecord:
-        """:meth:`authenticate`, then :meth:`admit`."""
+        """:meth:`authenticate`, then :meth:`permit`."""
         record = await self.authenticate(presented)
-        return await self.admit(record, right, asset_id, client_ip, poll)
+        return await self.permit(record, right, asset_id, client_ip, poll)
 
-    async def admit(
+    async def permit(
         self,
         record: KeyRecord,
         right: str,
@@ -92,7 +92,7 @@ class KeyVerifier:
         """The policies after :meth:`authenticate`: IP rules and usage counting (``IPNotAllowed``),
         the right (``Forbidden``), then the key's rate limit (``RateLimited``)."""
         if self._policy is not None:
-            record = await self._policy.admit(record, client_ip)
+            record = await self._policy.record_use(record, client_ip)
         self.require(record, right, asset_id)
         if self._policy is not None:
             await self._policy.limit(record, poll)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, NotFound
 from broker.models.data_source import REFERENCE_RE, DataSource, describe
 from broker.models.schema_hash import SchemaDirError, model_files, schema_hash
 
@@ -72,6 +72,15 @@ class Registry:
 
     def get(self, asset_id: str) -> SemanticModel | None:
         return self.models.get(asset_id)
+
+    def require(self, asset_id: str) -> SemanticModel:
+        """The model ``asset_id``; ``NotFound`` when there is none. An ID outside
+        ``[A-Za-z0-9_-]{1,64}`` is not looked up at all (``..``, slashes and absolute
+        paths can name nothing)."""
+        model = self.models.get(asset_id) if ASSET_ID_RE.fullmatch(asset_id) else None
+        if model is None:
+            raise NotFound("No semantic model with this asset ID.")
+        return model
 
     def __iter__(self) -> Iterator[SemanticModel]:
         return iter(self.models.values())

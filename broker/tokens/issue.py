@@ -36,20 +36,23 @@ ALGORITHM = "HS256"
 
 
 @dataclass(frozen=True, slots=True)
-class TokenPolicy:
+class TokenConfig:
+    """What every token is minted with: the signing secret, the lifetime, and the least
+    life a cached token must have left to be handed out."""
+
     secret: Secret
     ttl: int
     min_remaining: int
 
 
 def mint(
-    policy: TokenPolicy, model_id: str, schema_hash: str, public_id: str, now: int
+    config: TokenConfig, model_id: str, schema_hash: str, public_id: str, now: int
 ) -> MintedToken:
     """A new signed token for ``model_id`` at ``schema_hash``, issued at ``now``."""
     jti = uuid.uuid4().hex
-    exp = now + policy.ttl
+    exp = now + config.ttl
     claims = {"model_id": model_id, "schema_hash": schema_hash, "iat": now, "exp": exp, "jti": jti}
-    token = jwt.encode(claims, policy.secret.reveal(), algorithm=ALGORITHM, headers={"typ": "JWT"})
+    token = jwt.encode(claims, config.secret.reveal(), algorithm=ALGORITHM, headers={"typ": "JWT"})
     return MintedToken(token=token, jti=jti, expires_at=exp, public_id=public_id)
 
 
@@ -59,14 +62,14 @@ class TokenService:
     def __init__(
         self,
         store: Store,
-        policy: TokenPolicy,
+        config: TokenConfig,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
         maxsize: int = 100_000,
     ) -> None:
         self._store = store
-        self._policy = policy
+        self._config = config
         self._metrics = metrics
         self._clock = clock
         self._l1: LRUCache[str, MintedToken] = LRUCache(maxsize=maxsize)
@@ -96,8 +99,8 @@ class TokenService:
             self._metrics.token_cache_hits.inc()
             return stored
         now = int(self._clock())
-        fresh = mint(self._policy, model.asset_id, model.schema_hash, key.public_id, now)
-        keep_until = fresh.expires_at - self._policy.min_remaining
+        fresh = mint(self._config, model.asset_id, model.schema_hash, key.public_id, now)
+        keep_until = fresh.expires_at - self._config.min_remaining
         winner = await self._store.add_token(cache_key, fresh, keep_until)
         if winner.jti == fresh.jti:
             self._metrics.tokens_minted.inc()
@@ -106,4 +109,4 @@ class TokenService:
         return winner
 
     def _fresh(self, token: MintedToken) -> bool:
-        return token.expires_at - self._clock() > self._policy.min_remaining
+        return token.expires_at - self._clock() > self._config.min_remaining

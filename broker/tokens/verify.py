@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jwt
 from cachetools import LRUCache, TTLCache
 
-from broker.errors import Unauthorized
+from broker.errors import AuthFailure, Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.record import KeyRecord
 from broker.store import Store
@@ -26,6 +26,12 @@ from broker.support.timeutil import utcnow
 from broker.tokens.issue import ALGORITHM
 
 _REQUIRED = ("model_id", "schema_hash", "iat", "exp", "jti")
+#: A token refused for its key's state says so in its own reason.
+_TOKEN_REFUSALS = {
+    AuthFailure.REVOKED: AuthFailure.REVOKED_TOKEN,
+    AuthFailure.INACTIVE: AuthFailure.INACTIVE_TOKEN,
+    AuthFailure.EXPIRED: AuthFailure.INACTIVE_TOKEN,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +57,18 @@ class TokenVerifier:
         claims = self._decode(token)
         owner = await self._owner(claims.jti)
         record = await self._keys.get(owner)
-        if record is None or record.revoked_at is not None:
-            raise Unauthorized("revoked_token")
-        if not record.is_active or record.is_expired(utcnow()):
-            raise Unauthorized("inactive_token")
+        if record is None:
+            raise Unauthorized(AuthFailure.REVOKED_TOKEN)
+        refusal = record.refusal(utcnow())
+        if refusal is not None:
+            raise Unauthorized(_TOKEN_REFUSALS[refusal])
         return claims, record
 
     def _decode(self, token: str) -> TokenClaims:
         claims = self._claims.get(token)
         if claims is None:
             if not token.isascii():  # a JWT is ASCII; PyJWT would fail to encode the rest
-                raise Unauthorized("invalid_token")
+                raise Unauthorized(AuthFailure.INVALID_TOKEN)
             try:
                 raw = jwt.decode(
                     token,
@@ -73,15 +80,15 @@ class TokenVerifier:
                     options={"require": list(_REQUIRED), "verify_iat": False},
                 )
             except jwt.ExpiredSignatureError:
-                raise Unauthorized("expired_token") from None
+                raise Unauthorized(AuthFailure.EXPIRED_TOKEN) from None
             except jwt.InvalidTokenError:
-                raise Unauthorized("invalid_token") from None
+                raise Unauthorized(AuthFailure.INVALID_TOKEN) from None
             if not all(isinstance(raw[c], str) for c in ("model_id", "schema_hash", "jti")):
-                raise Unauthorized("invalid_token")
+                raise Unauthorized(AuthFailure.INVALID_TOKEN)
             claims = TokenClaims(raw["model_id"], raw["schema_hash"], int(raw["exp"]), raw["jti"])
             self._claims[token] = claims
         elif claims.exp <= time.time():
-            raise Unauthorized("expired_token")
+            raise Unauthorized(AuthFailure.EXPIRED_TOKEN)
         return claims
 
     async def _owner(self, jti: str) -> str:
@@ -89,10 +96,10 @@ class TokenVerifier:
         if owner is not None:
             return owner
         if jti in self._unknown:
-            raise Unauthorized("unknown_token")
+            raise Unauthorized(AuthFailure.UNKNOWN_TOKEN)
         owner = await self._store.token_owner(jti)
         if owner is None:
             self._unknown[jti] = True
-            raise Unauthorized("unknown_token")
+            raise Unauthorized(AuthFailure.UNKNOWN_TOKEN)
         self._owners[jti] = owner
         return owner
