@@ -16,6 +16,9 @@ from broker.models import CredentialError, Registry
 
 log = logging.getLogger("broker.callback")
 
+#: The header Cube presents ``BROKER_CALLBACK_SECRET`` in.
+CALLBACK_SECRET_HEADER = "X-Broker-Callback-Secret"  # noqa: S105 - a header name
+
 
 class CredentialsUnavailable(BrokerError):
     """A data source's secret cannot be resolved now: a deployment problem, not a bug.

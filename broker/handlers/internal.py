@@ -11,13 +11,12 @@ import os
 
 from aiohttp import web
 
-from broker.cube.callback import driver_config
+from broker.cube.callback import CALLBACK_SECRET_HEADER, driver_config
 from broker.errors import AuthFailure, FieldError, Unauthorized, ValidationFailed
 from broker.handlers import NO_STORE
 from broker.http.requests import read_json_object
 from broker.state import MODEL_ID, REGISTRY, SETTINGS
 
-CALLBACK_SECRET_HEADER = "X-Broker-Callback-Secret"  # noqa: S105 (a header name)
 _CREDENTIALS_FIELDS = frozenset({"securityContext", "dataSource"})
 
 

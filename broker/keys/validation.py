@@ -4,6 +4,7 @@ reported per field; an unknown field is a problem too."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,11 +14,23 @@ from broker.support.timeutil import from_iso, utcnow
 
 _MAX_TEXT = 1024
 _MAX_LIST = 1000
+_MAX_INT = 2**53
+MAX_GRACE_SECONDS = 86400
 
 
-def _text(required: bool, nullable: bool = True) -> Callable[[Any], Any]:
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of an admin request body: its check (the typed, normalized value, or a
+    ``ValueError`` whose message is the detail shown) and its JSON Schema, from which the
+    OpenAPI document is generated (so the two cannot drift apart)."""
+
+    check: Callable[[Any], Any]
+    schema: Mapping[str, Any]
+
+
+def _text(required: bool) -> Field:
     def check(value: Any) -> Any:
-        if value is None and nullable and not required:
+        if value is None and not required:
             return None
         if not isinstance(value, str):
             raise ValueError("must be a string")
@@ -27,26 +40,41 @@ def _text(required: bool, nullable: bool = True) -> Callable[[Any], Any]:
             raise ValueError(f"must be at most {_MAX_TEXT} characters")
         return value
 
-    return check
+    if required:
+        return Field(check, {"type": "string", "pattern": r"\S", "maxLength": _MAX_TEXT})
+    return Field(check, {"type": ["string", "null"], "maxLength": _MAX_TEXT})
 
 
-def _bool(value: Any) -> bool:
+def _check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
     return value
 
 
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be an integer")
-    if value < 0:
-        raise ValueError("must be zero or greater")
-    if value > 2**53:
-        raise ValueError("is too large")
-    return value
+_BOOL = Field(_check_bool, {"type": "boolean"})
 
 
-def _future_time(value: Any) -> datetime | None:
+def _count(maximum: int = _MAX_INT) -> Field:
+    """An integer from 0 to ``maximum``. A JSON number with no fractional part (``4.0e8``)
+    is an integer, as JSON Schema has it."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be an integer")
+        if value < 0:
+            raise ValueError("must be zero or greater")
+        if value > maximum:
+            raise ValueError(
+                "is too large" if maximum == _MAX_INT else f"must be at most {maximum}"
+            )
+        return value
+
+    return Field(check, {"type": "integer", "minimum": 0, "maximum": maximum})
+
+
+def _check_future_time(value: Any) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -62,7 +90,10 @@ def _future_time(value: Any) -> datetime | None:
     return parsed
 
 
-def _string_list(value: Any) -> tuple[str, ...]:
+_FUTURE_TIME = Field(_check_future_time, {"type": ["string", "null"], "format": "date-time"})
+
+
+def _check_strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be an array of non-empty strings")
     if len(value) > _MAX_LIST:
@@ -70,10 +101,17 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _ip_list(value: Any) -> tuple[str, ...]:
-    items = _string_list(value)
+_LIST_SCHEMA = {
+    "type": "array",
+    "maxItems": _MAX_LIST,
+    "items": {"type": "string", "minLength": 1},
+}
+_STRINGS = Field(_check_strings, _LIST_SCHEMA)
+
+
+def _check_ips(value: Any) -> tuple[str, ...]:
     out = []
-    for item in items:
+    for item in _check_strings(value):
         try:
             out.append(normalize_rule(item))
         except ValueError:
@@ -81,38 +119,44 @@ def _ip_list(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-_CREATE_FIELDS: Mapping[str, Callable[[Any], Any]] = {
-    "name": _text(required=True, nullable=False),
+_IPS = Field(_check_ips, {**_LIST_SCHEMA, "description": "IP addresses or CIDRs, v4 or v6"})
+
+#: The create body (SPEC §4); ``name`` is the one required field.
+CREATE_FIELDS: Mapping[str, Field] = {
+    "name": _text(required=True),
     "description": _text(required=False),
     "client_name": _text(required=False),
-    "expires_at": _future_time,
-    "rights": _string_list,
-    "virgin_mode": _bool,
-    "virgin_until_n_requests": _non_negative_int,
-    "max_whitelist_ips": _non_negative_int,
-    "ip_whitelist": _ip_list,
-    "ip_blacklist": _ip_list,
-    "rate_limit_per_minute": _non_negative_int,
+    "expires_at": _FUTURE_TIME,
+    "rights": _STRINGS,
+    "virgin_mode": _BOOL,
+    "virgin_until_n_requests": _count(),
+    "max_whitelist_ips": _count(),
+    "ip_whitelist": _IPS,
+    "ip_blacklist": _IPS,
+    "rate_limit_per_minute": _count(),
+}
+CREATE_REQUIRED = ("name",)
+
+#: The PATCH body: what create takes but ``virgin_mode``, plus ``is_active``.
+PATCH_FIELDS: Mapping[str, Field] = {
+    **{k: v for k, v in CREATE_FIELDS.items() if k != "virgin_mode"},
+    "is_active": _BOOL,
 }
 
-_PATCH_FIELDS: Mapping[str, Callable[[Any], Any]] = {
-    **{k: v for k, v in _CREATE_FIELDS.items() if k != "virgin_mode"},
-    "is_active": _bool,
-}
+#: The rotate body, optional as a whole.
+ROTATE_FIELDS: Mapping[str, Field] = {"grace_seconds": _count(MAX_GRACE_SECONDS)}
 
 
-def _validate(
-    body: Mapping[str, Any], allowed: Mapping[str, Callable[[Any], Any]]
-) -> dict[str, Any]:
+def _validate(body: Mapping[str, Any], allowed: Mapping[str, Field]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     errors: list[FieldError] = []
     for name, raw in body.items():
-        check = allowed.get(name)
-        if check is None:
+        field = allowed.get(name)
+        if field is None:
             errors.append(FieldError(name, "unknown field"))
             continue
         try:
-            values[name] = check(raw)
+            values[name] = field.check(raw)
         except ValueError as exc:
             errors.append(FieldError(name, str(exc)))
     if errors:
@@ -122,9 +166,10 @@ def _validate(
 
 def validate_create(body: Mapping[str, Any]) -> dict[str, Any]:
     """Typed, normalized values of a create body; raises ``ValidationFailed``."""
-    values = _validate(body, _CREATE_FIELDS)
-    if "name" not in values:
-        raise ValidationFailed([FieldError("name", "is required")])
+    values = _validate(body, CREATE_FIELDS)
+    missing = [FieldError(name, "is required") for name in CREATE_REQUIRED if name not in values]
+    if missing:
+        raise ValidationFailed(missing)
     if values.get("virgin_mode"):
         check_virgin_limits(
             values.get("virgin_until_n_requests", 0), values.get("max_whitelist_ips", 0)
@@ -136,15 +181,12 @@ def validate_create(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate_patch(body: Mapping[str, Any]) -> dict[str, Any]:
     """Typed, normalized values of a PATCH body; raises ``ValidationFailed``."""
-    return _validate(body, _PATCH_FIELDS)
+    return _validate(body, PATCH_FIELDS)
 
 
 def validate_rotate(body: Mapping[str, Any]) -> int:
     """``grace_seconds`` of a rotate body (default 0, at most one day)."""
-    values = _validate(body, {"grace_seconds": _non_negative_int})
-    grace: int = values.get("grace_seconds", 0)
-    if grace > 86400:
-        raise ValidationFailed([FieldError("grace_seconds", "must be at most 86400")])
+    grace: int = _validate(body, ROTATE_FIELDS).get("grace_seconds", 0)
     return grace
 
 

@@ -6,9 +6,8 @@ import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 from typing import Any
-
-from broker.support.timeutil import to_iso, utcnow
 
 #: Query parameters whose values never reach a log line.
 _SECRET_PARAMS = re.compile(
@@ -32,7 +31,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": to_iso(utcnow()),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": redact(record.getMessage()),
