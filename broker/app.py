@@ -12,10 +12,10 @@ from aiohttp import web
 
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_session
+from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
 from broker.http.middlewares import broker_middleware
-from broker.http.requests import MAX_BODY
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
 from broker.keys.policy import KeyPolicy
@@ -25,6 +25,7 @@ from broker.models import RegistryWatcher, load_registry
 from broker.routes import setup_routes
 from broker.settings import Settings
 from broker.state import (
+    BODIES,
     CUBE,
     CUBE_ACCESS,
     GUARD,
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     logging.getLogger("aiohttp.access").disabled = True
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[BODIES] = BodyBudget(settings.body_memory, settings.body_timeout)
     app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_store)

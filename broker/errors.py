@@ -24,6 +24,8 @@ class BrokerError(Exception):
     status: int = 500
     code: str = "internal_error"
     default_message: str = "Internal server error."
+    #: The request's body was left unread: its connection cannot carry another request.
+    closes_connection: bool = False
 
     def __init__(self, message: str | None = None, *, headers: Mapping[str, str] | None = None):
         self.message = message or self.default_message
@@ -94,6 +96,12 @@ class MethodNotAllowed(BrokerError):
     status, code, default_message = 405, "method_not_allowed", "Method not allowed."
 
 
+class RequestTimeout(BrokerError):
+    status, code = 408, "request_timeout"
+    default_message = "The request body made no progress in time."
+    closes_connection = True
+
+
 class Conflict(BrokerError):
     status, code, default_message = 409, "conflict", "The change is impossible in this state."
 
@@ -101,6 +109,7 @@ class Conflict(BrokerError):
 class PayloadTooLarge(BrokerError):
     status, code = 413, "payload_too_large"
     default_message = "The request body is larger than 1 MiB."
+    closes_connection = True
 
 
 class ValidationFailed(BrokerError):
@@ -120,6 +129,13 @@ class RateLimited(BrokerError):
         seconds = max(1, int(-(-retry_after // 1)))
         super().__init__(message, headers={"Retry-After": str(seconds)})
         self.retry_after = seconds
+
+
+class ClientClosedRequest(BrokerError):
+    """The caller hung up before its request was read: nobody is left to answer, and it is
+    no error of the broker's. Counted as 499, nginx's code for it."""
+
+    status, code, default_message = 499, "client_closed_request", "The client hung up."
 
 
 class BadGateway(BrokerError):

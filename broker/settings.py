@@ -63,7 +63,7 @@ def _store_url(raw: str) -> str:
         except ValueError:
             raise ValueError("has an invalid port") from None
         db = parts.path.lstrip("/")
-        if db and not db.isdigit():
+        if db and not (db.isascii() and db.isdigit()):
             raise ValueError(f"database must be a number, got {db!r}")
         return raw
     raise ValueError("must start with sqlite:///, redis:// or rediss://")
@@ -258,6 +258,19 @@ class Settings:
         parse=_positive_float,
         default="2",
         help="Seconds between checks of the model files for changes (SIGHUP reloads at once).",
+    )
+    body_memory: int = _var(
+        "BROKER_BODY_MEMORY",
+        parse=_int_in(1024 * 1024, 2**40),
+        default=str(64 * 1024 * 1024),
+        help="Bytes of request bodies held in memory at once, all connections together "
+        "(at least 1 MiB); a body that would pass the bound is refused with 429.",
+    )
+    body_timeout: float = _var(
+        "BROKER_BODY_TIMEOUT",
+        parse=_positive_float,
+        default="30",
+        help="Seconds a request body may make no progress before it is answered 408.",
     )
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient
+from broker.http.bodies import BodyBudget
 from broker.http.guard import BruteForceGuard
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
@@ -33,6 +34,7 @@ GUARD = web.AppKey("guard", BruteForceGuard)
 TOKEN_VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 CUBE = web.AppKey("cube", CubeClient)
 CUBE_ACCESS = web.AppKey("cube_access", CubeAccess)
+BODIES = web.AppKey("bodies", BodyBudget)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 #: The client's address (the socket peer, or from X-Forwarded-For behind a trusted proxy).

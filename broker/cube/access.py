@@ -35,6 +35,16 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: its credential, the key behind it, and for a token the
+    model it was minted for (``None`` in key mode: the model is the one the key names)."""
+
+    credential: Credential
+    key: KeyRecord
+    model_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """The Cube token to forward, the key behind it, the model, the caller's poll identity
     (``None`` when the key has no rate limit: nothing would use it)."""
@@ -68,26 +78,33 @@ class CubeAccess:
         self._token_verifier = token_verifier
         self._registry = registry
 
-    async def resolve(
-        self, credential: Credential, right: str, client_ip: str, call: Call
-    ) -> Grant:
-        """What to forward for this caller; raises ``Unauthorized``, ``BadRequest``,
-        ``IPNotAllowed``, ``Forbidden``, ``NotFound`` or ``RateLimited``."""
+    async def authenticate(self, credential: Credential) -> Caller:
+        """Check the credential alone, before anything of the request is read; raises
+        ``Unauthorized`` (or ``BadRequest``: a key without ``X-Semantic-Model``)."""
         if credential.key:
             record = await self._keys.authenticate(credential.key)
             if not credential.model:
                 raise BadRequest("An Athena key needs the X-Semantic-Model header here.")
-            poll = _poll(record, call)
-            record = await self._keys.permit(record, right, credential.model, client_ip, poll)
-            model = self._registry.current.require(credential.model)
-            minted = await self._tokens.token_for(record, model)
-            return Grant(minted.token, record, model.asset_id, poll)
+            return Caller(credential, record, None)
         if not credential.token:
             raise Unauthorized(AuthFailure.MISSING)
         claims, record = await self._token_verifier.verify(credential.token)
-        poll = _poll(record, call)
-        await self._policy.limit(record, poll)
-        return Grant(credential.token, record, claims.model_id, poll)
+        return Caller(credential, record, claims.model_id)
+
+    async def grant(self, caller: Caller, right: str, client_ip: str, call: Call) -> Grant:
+        """What to forward for an authenticated caller: a key needs ``right`` on its model
+        (IP rules first) and gets its cached token, a token is forwarded as is; both count
+        against the key's rate limit. Raises ``IPNotAllowed``, ``Forbidden``, ``NotFound``
+        or ``RateLimited``."""
+        poll = _poll(caller.key, call)
+        if caller.model_id is not None:
+            await self._policy.limit(caller.key, poll)
+            return Grant(caller.credential.token, caller.key, caller.model_id, poll)
+        asset_id = caller.credential.model
+        record = await self._keys.permit(caller.key, right, asset_id, client_ip, poll)
+        model = self._registry.current.require(asset_id)
+        minted = await self._tokens.token_for(record, model)
+        return Grant(minted.token, record, model.asset_id, poll)
 
     async def answered(self, grant: Grant, body: bytes) -> None:
         """Cube's whole (short) answer to ``grant``'s call: a "Continue wait" makes the

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from broker.cube.client import CubeAnswer, CubeClient, api_headers, json_or_none
-from broker.errors import BadGateway, GatewayTimeout
+from broker.errors import BadGateway, GatewayTimeout, InvalidJSON
 
 LOAD_PATH = "/cubejs-api/v1/load"
 META_PATH = "/cubejs-api/v1/meta"
@@ -54,7 +54,10 @@ async def final_answer(
     deadline = time.monotonic() + time_limit
     delay = _FIRST_DELAY
     headers = api_headers(token, request_id, json_body=True)
-    body = json.dumps({"query": query}).encode()
+    try:
+        body = json.dumps({"query": query}).encode()
+    except RecursionError:  # parsed, one level short of the limit, but not re-encodable
+        raise InvalidJSON() from None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

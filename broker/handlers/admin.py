@@ -69,6 +69,6 @@ async def rotate_key(request: web.Request) -> web.Response:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise ValidationFailed([FieldError("limit", f"must be an integer from 1 to {MAX_PAGE}")])
     return int(raw)

@@ -7,17 +7,18 @@ from aiohttp import web
 from broker.cube.access import Call
 from broker.cube.headers import downstream_headers, upstream_headers
 from broker.cube.query import may_be_continue_wait
-from broker.http.requests import forwarded_for, proxy_credential
+from broker.http.requests import forwarded_for, proxy_credential, read_body
 from broker.keys.rights import META_READ, QUERY_EXECUTE
 from broker.state import CLIENT_IP, CUBE, CUBE_ACCESS, KEY_PUBLIC_ID, MODEL_ID, REQUEST_ID, SETTINGS
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
     right = META_READ if request.path == "/cubejs-api/v1/meta" else QUERY_EXECUTE
-    body = await request.read() if request.body_exists else None
-    call = Call(request.headers.get("X-Request-Id"), request.method, request.raw_path, body)
     access = request.app[CUBE_ACCESS]
-    grant = await access.resolve(proxy_credential(request.headers), right, request[CLIENT_IP], call)
+    caller = await access.authenticate(proxy_credential(request.headers))
+    body = await read_body(request) if request.body_exists else None
+    call = Call(request.headers.get("X-Request-Id"), request.method, request.raw_path, body)
+    grant = await access.grant(caller, right, request[CLIENT_IP], call)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
     forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)

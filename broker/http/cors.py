@@ -1,4 +1,5 @@
-"""CORS for browser dashboards (SPEC §8) and the ``X-Request-Id`` answer header.
+"""CORS for browser dashboards (SPEC §8), and the ``X-Request-Id`` and ``Server`` answer
+headers.
 
 Both are set in ``on_response_prepare``, the one hook every answer passes through just
 before its headers are sent, streamed proxy answers and error answers included.
@@ -9,6 +10,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.state import REQUEST_ID, SETTINGS
+
+#: What the broker tells of itself in ``Server`` (aiohttp's default names the versions
+#: of Python and aiohttp).
+SERVER_NAME = "cube-token-broker"
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-API-KEY, X-Semantic-Model, X-Request-Id"
 ALLOWED_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
@@ -21,6 +26,7 @@ def is_preflight(request: web.Request) -> bool:
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id

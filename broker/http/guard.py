@@ -5,7 +5,9 @@ Failures are counted per client IP in the store, so every replica's failures add
 replica that sees the count cross the threshold refuses that address locally until the
 window closes (other replicas follow on that address's next failure there). The guard
 never looks at which key was tried, so nobody can lock a key holder out from another
-address.
+address; and a blocked address still passes a credential the broker already knows to be
+good (the middleware asks the verifiers, from memory), so one client failing behind a
+shared NAT or load balancer does not lock out the others.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 from cachetools import TTLCache
 
-from broker.errors import RateLimited, StoreUnavailable
+from broker.errors import StoreUnavailable
 from broker.store import Store
 
 log = logging.getLogger("broker.guard")
@@ -30,13 +32,13 @@ class BruteForceGuard:
         self._window = window
         self._blocked: TTLCache[str, float] = TTLCache(maxsize=100_000, ttl=window)
 
-    def check(self, subject: str) -> None:
-        """Raise ``RateLimited`` while ``subject`` (a client address) is blocked."""
+    def blocked(self, subject: str) -> float | None:
+        """Seconds ``subject`` (a client address) stays blocked, or ``None``."""
         until = self._blocked.get(subject)
-        if until is not None:
-            left = until - time.monotonic()
-            if left > 0:
-                raise RateLimited(left, "Too many failed authentications from this address.")
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        return left if left > 0 else None
 
     async def failed(self, subject: str) -> None:
         """Count a failed authentication of ``subject``; block it once over the threshold."""

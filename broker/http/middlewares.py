@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from broker.cube.callback import CALLBACK_SECRET_HEADER
 from broker.errors import (
     AuthFailure,
     BrokerError,
@@ -19,14 +20,25 @@ from broker.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     StoreUnavailable,
     Unauthorized,
     ValidationFailed,
 )
 from broker.errors import BadRequest as BadRequestError
 from broker.http.cors import is_preflight
-from broker.http.requests import client_ip
-from broker.state import CLIENT_IP, GUARD, KEY_PUBLIC_ID, METRICS, MODEL_ID, REQUEST_ID, SETTINGS
+from broker.http.requests import admin_credential, client_ip, proxy_credential
+from broker.state import (
+    CLIENT_IP,
+    GUARD,
+    KEY_PUBLIC_ID,
+    KEY_VERIFIER,
+    METRICS,
+    MODEL_ID,
+    REQUEST_ID,
+    SETTINGS,
+    TOKEN_VERIFIER,
+)
 from broker.support.logs import redact
 
 access_log = logging.getLogger("broker.access")
@@ -59,7 +71,10 @@ def error_body(exc: BrokerError) -> dict[str, Any]:
 
 
 def error_response(exc: BrokerError) -> web.Response:
-    return web.json_response(error_body(exc), status=exc.status, headers=exc.headers)
+    response = web.json_response(error_body(exc), status=exc.status, headers=exc.headers)
+    if exc.closes_connection:
+        response.force_close()
+    return response
 
 
 @web.middleware
@@ -79,6 +94,10 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         try:
             request[CLIENT_IP] = client_ip(request, request.app[SETTINGS].trusted_proxies)
+            if not request.raw_path.startswith("/"):
+                # An absolute-form target (``GET http://host/…``) is for a forward proxy:
+                # the broker builds nothing from it.
+                raise BadRequestError("The request target must be a path.")
             if is_preflight(request):
                 response: web.StreamResponse = web.Response(status=204)
             else:
@@ -96,8 +115,9 @@ _UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse addresses the brute-force guard blocked and report failed authentications to
-    it (a missing credential is not an attempt).
+    """Refuse addresses the brute-force guard blocked, unless the credential presented is
+    one the broker already knows to be good (:func:`_vouched`, from memory), and report
+    failed authentications to it (a missing credential is not an attempt).
 
     Cube's callback (``/internal/``) is guarded apart from the public routes: in a sidecar
     pod Cube and proxied dashboards may share an address, and bad tokens from one must not
@@ -108,13 +128,33 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     ip = request[CLIENT_IP]
     subject = f"internal:{ip}" if request.path.startswith("/internal/") else ip
     guard = request.app[GUARD]
-    guard.check(subject)
+    left = guard.blocked(subject)
+    if left is not None and not _vouched(request):
+        raise RateLimited(left, "Too many failed authentications from this address.")
     try:
         return await handler(request)
     except Unauthorized as exc:
         if exc.reason is not AuthFailure.MISSING:
             await guard.failed(subject)
         raise
+
+
+def _vouched(request: web.Request) -> bool:
+    """Whether the request carries a credential known to be good without asking the store:
+    the admin key or the callback secret, or an Athena key or token that authenticated on
+    this replica before and whose key the live cache says is still usable."""
+    app, headers = request.app, request.headers
+    settings = app[SETTINGS]
+    admin = admin_credential(request)
+    if admin and settings.admin_key is not None and settings.admin_key.matches(admin):
+        return True
+    callback = headers.get(CALLBACK_SECRET_HEADER)
+    if callback and settings.callback_secret.matches(callback):
+        return True
+    credential = proxy_credential(headers)
+    if credential.key:
+        return app[KEY_VERIFIER].vouches(credential.key)
+    return bool(credential.token) and app[TOKEN_VERIFIER].vouches(credential.token)
 
 
 def map_error(request: web.Request, exc: Exception) -> web.Response:

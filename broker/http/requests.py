@@ -13,24 +13,29 @@ from broker.cube.access import Credential
 from broker.errors import InvalidJSON
 from broker.keys.format import looks_like_key
 from broker.settings import Network
+from broker.state import BODIES
 from broker.support.netaddr import parse_ip, plain
 
-MAX_BODY = 1024 * 1024
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, read within the shared memory bound (:mod:`broker.http.bodies`)."""
+    return await request.app[BODIES].read(request)
 
 
 async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The body as a JSON object. An empty body is ``{}`` when ``optional``.
 
-    Raises ``InvalidJSON``; a body over 1 MiB makes aiohttp raise 413 first.
+    Raises ``InvalidJSON`` (a body nested too deeply to parse included), or what
+    :func:`read_body` raises.
     """
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         if optional:
             return {}
         raise InvalidJSON("The request body is empty; a JSON object is required.")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON() from None
     if not isinstance(data, dict):
         raise InvalidJSON("The request body must be a JSON object.")

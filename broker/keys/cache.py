@@ -64,6 +64,14 @@ class KeyCache:
             self._entries[public_id] = record
         return record
 
+    def peek(self, public_id: str) -> KeyRecord | None:
+        """The cached record, from memory only: ``None`` when it is not cached, unknown,
+        or the cache is not live."""
+        if not self.live:
+            return None
+        cached = self._entries.get(public_id)
+        return cached if isinstance(cached, KeyRecord) else None
+
     @property
     def live(self) -> bool:
         """Whether the change feed answered recently enough for cached entries to count."""

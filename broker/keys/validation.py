@@ -84,6 +84,8 @@ def _check_future_time(value: Any) -> datetime | None:
     except ValueError as exc:
         msg = str(exc) if "time zone" in str(exc) else "is not an ISO 8601 timestamp"
         raise ValueError(msg) from None
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise ValueError("must fall within the years 1 to 9999 in UTC") from None
     assert parsed is not None
     if parsed <= utcnow():
         raise ValueError("must be in the future")

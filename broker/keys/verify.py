@@ -52,6 +52,22 @@ class KeyVerifier:
             raise Unauthorized(refusal)
         return record
 
+    def vouches(self, presented: str) -> bool:
+        """Whether ``presented`` is a key this replica already knows to be good, from memory
+        alone: it authenticated here before with this very secret, and the live cache says
+        the key is still usable. For the brute-force guard, which must not ask the store."""
+        parsed = parse_key(presented)
+        record = self._cache.peek(parsed.public_id) if parsed is not None else None
+        if parsed is None or record is None or record.refusal(utcnow()) is not None:
+            return False
+        memo = self._verified.get(record.id)
+        fingerprint = hashlib.sha256(parsed.secret.encode()).digest()
+        return (
+            memo is not None
+            and memo[0] == record.secret_digest
+            and hmac.compare_digest(memo[1], fingerprint)
+        )
+
     def _secret_matches(self, record: KeyRecord, secret: str) -> bool:
         """The stored digest check, remembered per key as a SHA-256 of the last secret that
         passed it (tied to the digest, so a rotation forgets it): a repeat presentation

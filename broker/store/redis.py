@@ -20,9 +20,9 @@ is optimistic: read, ``mutate`` in Python, then a compare-and-set script that wr
 if the version is still the one read, retried a bounded number of times.
 
 The client connects lazily, with short timeouts and a single immediate retry (which
-replaces a pooled connection killed by a Redis restart), so a down Redis answers
-``StoreUnavailable`` within seconds and a restarted one serves again without restarting
-the broker.
+replaces a pooled connection killed by a Redis restart), and every exchange is bounded as
+a whole (``call_timeout``), so a down or stalled Redis answers ``StoreUnavailable`` in
+well under a second and a restarted one serves again without restarting the broker.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import contextlib
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -179,8 +179,9 @@ class RedisStore(Store):
         *,
         feed_length: int = CHANGE_FEED_LENGTH,
         prefix: str = "broker:",
-        connect_timeout: float = 2.0,
-        read_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 1.0,
+        call_timeout: float = 0.6,
     ) -> None:
         if feed_length < 1:
             raise ValueError("feed_length must be at least 1")
@@ -201,20 +202,33 @@ class RedisStore(Store):
         self._gcra = self._redis.register_script(_GCRA)
         self._count_failure = self._redis.register_script(_COUNT_FAILURE)
         self._feed_keys = [self._key("feed:seq"), self._key("feed")]
+        self._call_timeout = call_timeout
         self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """One exchange with Redis, answered within ``call_timeout`` seconds or
+        ``StoreUnavailable``: a stalled Redis (paused, swapping, ``DEBUG SLEEP``) must not
+        hold a caller longer than the few calls a request makes add up to (SPEC §9: 2 s)."""
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                with _unavailable():
+                    yield
+        except TimeoutError:
+            raise StoreUnavailable("The Redis store did not answer in time.") from None
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
 
     async def ping(self) -> None:
-        with _unavailable():
+        async with self._call():
             await self._redis.ping()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with _unavailable():
+        async with self._call():
             await self._redis.aclose()
 
     # -- key records ---------------------------------------------------------------------
@@ -236,18 +250,18 @@ class RedisStore(Store):
             secrets.token_hex(8),
             _feed_base(),
         ]
-        with _unavailable():
+        async with self._call():
             inserted = await self._insert(keys=keys, args=args)
         if inserted != 1:
             raise ValueError("a key with this id or public_id exists")
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        with _unavailable():
+        async with self._call():
             doc = _text(await self._redis.hget(self._key("key", key_id), "doc"))
         return None if doc is None else decode_record(doc)
 
     async def find_key(self, public_id: str) -> KeyRecord | None:
-        with _unavailable():
+        async with self._call():
             key_id = _text(await self._redis.get(self._key("pub", public_id)))
         return None if key_id is None else await self.get_key(key_id)
 
@@ -255,7 +269,7 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         start = "-" if after is None else "(" + after
-        with _unavailable():
+        async with self._call():
             sort_keys = await self._redis.zrangebylex(
                 self._key("keys"), start, "+", start=0, num=limit
             )
@@ -286,7 +300,7 @@ class RedisStore(Store):
                 int(announce),
                 _feed_base(),
             ]
-            with _unavailable():
+            async with self._call():
                 outcome = await self._compare_and_set(keys=keys, args=args)
             if outcome == 1:
                 return new
@@ -296,7 +310,7 @@ class RedisStore(Store):
         raise StoreUnavailable("The Redis store is too busy: a key update kept conflicting.")
 
     async def key_changes(self, since: int | None) -> KeyChanges:
-        with _unavailable():
+        async with self._call():
             reply: list[Any] = await self._changes(
                 keys=self._feed_keys,
                 args=["" if since is None else since, self._feed_length, _feed_base()],
@@ -310,7 +324,7 @@ class RedisStore(Store):
     # -- token cache ---------------------------------------------------------------------
 
     async def get_token(self, cache_key: str) -> MintedToken | None:
-        with _unavailable():
+        async with self._call():
             text = _text(await self._redis.get(self._key("tok", cache_key)))
         return None if text is None else decode_token(text)
 
@@ -325,14 +339,14 @@ class RedisStore(Store):
                 token.public_id,
                 max(1, int((token.expires_at - now) * 1000)),
             ]
-            with _unavailable():
+            async with self._call():
                 cached = await self._set_if_absent(keys=keys, args=args)
             if cached is not None:
                 return token if cached == text else decode_token(cached)
         raise StoreUnavailable("The Redis store kept losing a cached token while adding one.")
 
     async def token_owner(self, jti: str) -> str | None:
-        with _unavailable():
+        async with self._call():
             return _text(await self._redis.get(self._key("jti", jti)))
 
     # -- limits --------------------------------------------------------------------------
@@ -342,7 +356,7 @@ class RedisStore(Store):
     ) -> float:
         counter = self._key("rl", bucket)
         marker = self._key("mark", free_if_marked) if free_if_marked is not None else counter
-        with _unavailable():
+        async with self._call():
             wait = await self._gcra(
                 keys=[counter, marker],
                 args=[limit, period, "1" if free_if_marked is not None else "0"],
@@ -350,11 +364,11 @@ class RedisStore(Store):
         return float(wait)
 
     async def mark(self, name: str, ttl: float) -> None:
-        with _unavailable():
+        async with self._call():
             await self._redis.set(self._key("mark", name), "1", px=max(1, int(ttl * 1000)))
 
     async def count_failure(self, subject: str, window: float) -> tuple[int, float]:
-        with _unavailable():
+        async with self._call():
             count, left = await self._count_failure(
                 keys=[self._key("fail", subject)], args=[max(1, int(window * 1000))]
             )

@@ -8,11 +8,14 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
-#: Query parameters whose values never reach a log line.
-_SECRET_PARAMS = re.compile(
-    r"(?i)([?&](?:api_key|apikey|key|token|access_token|secret|password)=)[^&#]*"
-)
+#: Query parameters whose values never reach a log line, by name as a server decodes it
+#: (percent-decoded, any case, ``-``/``_``/``.`` ignored: ``api%5Fkey``, ``%61pi_key``,
+#: ``API-KEY``).
+_SECRET_NAMES = frozenset({"apikey", "key", "token", "accesstoken", "secret", "password"})
+_PARAM = re.compile(r"([?&;])([^=&#;]*)=([^&#;]*)")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _KEY_SHAPED = re.compile(r"ath_([a-z0-9]{16})\.[A-Za-z0-9_-]+")
 _JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -21,9 +24,21 @@ _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asct
 
 def redact(text: str) -> str:
     """Mask secret query values, Athena key secrets and JWTs anywhere in ``text``."""
-    text = _SECRET_PARAMS.sub(r"\1***", text)
+    text = _PARAM.sub(_redact_param, text)
     text = _KEY_SHAPED.sub(r"ath_\1.***", text)
     return _JWT_SHAPED.sub("***jwt***", text)
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    name = match.group(2)
+    for _ in range(3):  # a name encoded twice or thrice is decoded as far as it goes
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    if _NOT_ALNUM.sub("", name.lower()) in _SECRET_NAMES:
+        return f"{match.group(1)}{match.group(2)}=***"
+    return match.group(0)
 
 
 class JsonFormatter(logging.Formatter):

@@ -64,6 +64,16 @@ class TokenVerifier:
             raise Unauthorized(_TOKEN_REFUSALS[refusal])
         return claims, record
 
+    def vouches(self, token: str) -> bool:
+        """Whether ``token`` is one this replica already verified, unexpired, whose key the
+        live cache says is still usable: from memory alone, for the brute-force guard."""
+        claims = self._claims.get(token)
+        if claims is None or claims.exp <= time.time():
+            return False
+        owner = self._owners.get(claims.jti)
+        record = self._keys.peek(owner) if owner is not None else None
+        return record is not None and record.refusal(utcnow()) is None
+
     def _decode(self, token: str) -> TokenClaims:
         claims = self._claims.get(token)
         if claims is None:
