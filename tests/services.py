@@ -96,6 +96,20 @@ class RedisServer:
             process.kill()
             process.wait()
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): connections stay open and nothing answers, as with a
+        Redis that stalls (swapping, a long ``DEBUG SLEEP``)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         """Kill the process if it runs, then start a fresh one on the same port."""
         self.kill()

@@ -3,6 +3,7 @@ brute-force guard, CORS preflights, and the one place errors become JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -16,6 +17,7 @@ from broker.cube.callback import CALLBACK_SECRET_HEADER
 from broker.errors import (
     AuthFailure,
     BrokerError,
+    ClientClosedRequest,
     Forbidden,
     MethodNotAllowed,
     NotFound,
@@ -104,6 +106,9 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
                 response = await _guarded(request, handler)
         except Exception as exc:
             response = map_error(request, exc)
+        except asyncio.CancelledError:
+            status = ClientClosedRequest.status  # the caller went away (handler cancellation)
+            raise
         status = response.status
         return response
     finally:
