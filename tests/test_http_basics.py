@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 from broker.settings import Settings
+from tests.conftest import CALLBACK_SECRET
 from tests.helpers import assert_error
 
 Client = TestClient[Any, Any]
@@ -139,3 +140,49 @@ async def test_openapi_lists_every_route(client: Client) -> None:
         if route.method not in ("HEAD", "OPTIONS") and route.resource is not None
     }
     assert served == documented
+
+
+async def test_openapi_bodies_say_what_the_broker_enforces(
+    client: Client, admin_headers: dict[str, str]
+) -> None:
+    """Every documented request body refuses unknown fields, and the broker does too (422
+    naming the field); the rotate body is optional, and its one field has its maximum."""
+    doc = await (await client.get("/openapi.json")).json()
+    created = await client.post(
+        "/admin/api-keys", json={"name": "k", "rights": ["semantic_model.*"]}, headers=admin_headers
+    )
+    key, public_id = (
+        (await created.json())["api_key"],
+        (await created.json())["record"]["public_id"],
+    )
+    minimal: dict[tuple[str, str], tuple[dict[str, Any], dict[str, str]]] = {
+        ("/admin/api-keys", "post"): ({"name": "n"}, admin_headers),
+        ("/admin/api-keys/{id}", "patch"): ({}, admin_headers),
+        ("/admin/api-keys/{id}/rotate", "post"): ({}, admin_headers),
+        ("/api/v0/semantic-model/{asset_id}/query", "post"): ({"query": {}}, {"X-API-KEY": key}),
+        (
+            "/internal/v1/credentials",
+            "post",
+        ): (
+            {"securityContext": {"model_id": "orders"}, "dataSource": "default"},
+            {"X-Broker-Callback-Secret": CALLBACK_SECRET},
+        ),
+    }
+    with_body = {
+        (path, method)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    }
+    assert with_body == set(minimal)
+    for (path, method), (body, headers) in minimal.items():
+        schema = doc["paths"][path][method]["requestBody"]["content"]["application/json"]
+        assert schema["schema"]["additionalProperties"] is False, path
+        url = path.replace("{id}", public_id).replace("{asset_id}", "orders")
+        resp = await client.request(method, url, json={**body, "zzz": 1}, headers=headers)
+        answer = await assert_error(resp, 422, "validation_failed")
+        assert {"field": "zzz", "message": "unknown field"} in answer["details"], path
+    rotate = doc["paths"]["/admin/api-keys/{id}/rotate"]["post"]["requestBody"]
+    assert rotate["required"] is False
+    grace = rotate["content"]["application/json"]["schema"]["properties"]["grace_seconds"]
+    assert grace["maximum"] == 86400
