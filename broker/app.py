@@ -44,6 +44,7 @@ from broker.state import (
 from broker.store import open_store
 from broker.support.metrics import Metrics
 from broker.tokens.issue import TokenConfig, TokenService
+from broker.tokens.signing import SigningSecrets
 from broker.tokens.verify import TokenVerifier
 
 
@@ -96,9 +97,10 @@ def wire_services(app: web.Application) -> None:
     policy = app[KEY_POLICY] = KeyPolicy(store, usage, metrics)
     keys = app[KEY_VERIFIER] = KeyVerifier(cache, policy)
     app[GUARD] = BruteForceGuard(store, settings.brute_force_limit)
-    config = TokenConfig(settings.api_secret, settings.token_ttl, settings.token_min_remaining)
+    secrets = SigningSecrets(settings.api_secret, settings.api_secrets)
+    config = TokenConfig(secrets, settings.token_ttl, settings.token_min_remaining)
     tokens = app[TOKENS] = TokenService(store, config, metrics)
-    token_verifier = app[TOKEN_VERIFIER] = TokenVerifier(settings.api_secret, store, cache)
+    token_verifier = app[TOKEN_VERIFIER] = TokenVerifier(secrets, store, cache)
     app[CUBE_ACCESS] = CubeAccess(keys, tokens, token_verifier, app[REGISTRY], policy)
 
 

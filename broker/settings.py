@@ -78,6 +78,18 @@ def _secret(min_bytes: int) -> Callable[[str], Secret]:
     return parse
 
 
+def _secrets(min_bytes: int) -> Callable[[str], tuple[Secret, ...]]:
+    one = _secret(min_bytes)
+
+    def parse(raw: str) -> tuple[Secret, ...]:
+        try:
+            return tuple(one(item) for item in _csv(raw))
+        except ValueError as exc:
+            raise ValueError(f"each secret {exc}") from None
+
+    return parse
+
+
 def _log_format(raw: str) -> str:
     if raw not in ("json", "text"):
         raise ValueError(f"must be 'json' or 'text', got {raw!r}")
@@ -156,6 +168,13 @@ class Settings:
         parse=_secret(32),
         required=True,
         help="HS256 secret shared with Cube; at least 32 bytes.",
+    )
+    api_secrets: tuple[Secret, ...] = _var(
+        "CUBEJS_API_SECRETS",
+        parse=_secrets(32),
+        default="",
+        help="Comma-separated secrets also accepted when verifying a token (Cube's own name, "
+        "Cube >= 1.6.54), each at least 32 bytes: the old secret during a rotation.",
     )
     admin_key: Secret | None = _var(
         "ATHENA_KEY_12",

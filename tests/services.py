@@ -504,6 +504,7 @@ def cube_environment(
     *,
     port: int,
     api_secret: str,
+    api_secrets: str = "",
     broker_url: str,
     callback_secret: str,
     refresh_interval: int | None,
@@ -525,6 +526,7 @@ def cube_environment(
         "CUBEJS_CACHE_AND_QUEUE_DRIVER": "memory",
         "CUBEJS_TELEMETRY": "false",
         "CUBEJS_API_SECRET": api_secret,
+        "CUBEJS_API_SECRETS": api_secrets,
         "BROKER_INTERNAL_URL": broker_url,
         "BROKER_CALLBACK_SECRET": callback_secret,
         "BROKER_CALLBACK_TIMEOUT_MS": "10000",
@@ -534,6 +536,7 @@ def cube_environment(
 def start_cube(
     *,
     api_secret: str,
+    api_secrets: str = "",
     broker_url: str,
     callback_secret: str,
     port: int | None = None,
@@ -557,6 +560,7 @@ def start_cube(
     env = cube_environment(
         port=port,
         api_secret=api_secret,
+        api_secrets=api_secrets,
         broker_url=broker_url,
         callback_secret=callback_secret,
         refresh_interval=refresh_interval,

@@ -44,6 +44,7 @@ def test_secrets_are_masked() -> None:
     [
         ({"CUBEJS_API_SECRET": ""}, "CUBEJS_API_SECRET"),
         ({"CUBEJS_API_SECRET": "short"}, "CUBEJS_API_SECRET"),
+        ({"CUBEJS_API_SECRETS": "x" * 40 + ",short"}, "CUBEJS_API_SECRETS"),
         ({"BROKER_CALLBACK_SECRET": ""}, "BROKER_CALLBACK_SECRET"),
         ({"BROKER_PORT": "http"}, "BROKER_PORT"),
         ({"BROKER_PORT": "70000"}, "BROKER_PORT"),

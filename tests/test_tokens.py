@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import shutil
 import time
@@ -15,7 +16,8 @@ import jwt
 import pytest
 
 from broker.app import create_app
-from broker.state import METRICS, REGISTRY, STORE
+from broker.errors import Unauthorized
+from broker.state import METRICS, REGISTRY, STORE, TOKEN_VERIFIER
 from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
 from tests.helpers import Client, assert_error, create
 
@@ -50,7 +52,9 @@ async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -
     assert resp.headers["Cache-Control"] == "no-store"  # a bearer credential
     token = body["token"]
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-    assert header == {"alg": "HS256", "typ": "JWT"}
+    # kid: the first 16 hex digits of the SHA-256 of the signing secret (SPEC §5)
+    kid = hashlib.sha256(API_SECRET.encode()).hexdigest()[:16]
+    assert header == {"alg": "HS256", "typ": "JWT", "kid": kid}
     claims = jwt.decode(token, API_SECRET, algorithms=["HS256"])
     assert set(claims) == {"model_id", "schema_hash", "iat", "exp", "jti"}
     model = client.app[REGISTRY].current.get("orders")
@@ -165,6 +169,53 @@ async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str)
     assert len(tokens) == 1
     assert minted(a) + minted(b) == 1
     assert (await (await generate(b, key)).json())["token"] in tokens
+
+
+async def test_after_a_rotation_no_replica_hands_out_a_token_of_the_old_secret(
+    aiohttp_client: Any, store_url: str
+) -> None:
+    """SPEC §5 step 2 on two replicas sharing a store: the token the old secret signed is
+    still in the store's cache, yet both hand out one new token (the new kid), while the
+    old token still verifies; without the old secret it no longer does."""
+    old, new = "o" * 40, "n" * 40
+    before = await aiohttp_client(
+        create_app(make_settings(BROKER_STORE=store_url, CUBEJS_API_SECRET=old))
+    )
+    key = await key_for(before, ADMIN)
+    old_token = (await (await generate(before, key)).json())["token"]
+    rotated = make_settings(BROKER_STORE=store_url, CUBEJS_API_SECRET=new, CUBEJS_API_SECRETS=old)
+    a = await aiohttp_client(create_app(rotated))
+    b = await aiohttp_client(create_app(rotated))
+    answers = await asyncio.gather(*(generate(c, key) for c in [a, b] * 5))
+    tokens = {(await r.json())["token"] for r in answers}
+    assert len(tokens) == 1 and old_token not in tokens
+    (new_token,) = tokens
+    assert (
+        jwt.get_unverified_header(new_token)["kid"] == hashlib.sha256(new.encode()).hexdigest()[:16]
+    )
+    for replica in (a, b):
+        claims, _ = await replica.app[TOKEN_VERIFIER].verify(old_token)
+        assert claims.model_id == "orders"
+    after = await aiohttp_client(
+        create_app(make_settings(BROKER_STORE=store_url, CUBEJS_API_SECRET=new))
+    )
+    with pytest.raises(Unauthorized):
+        await after.app[TOKEN_VERIFIER].verify(old_token)
+    await after.app[TOKEN_VERIFIER].verify(new_token)
+
+
+async def test_a_token_of_an_unknown_kid_is_refused(
+    client: Client, admin_headers: dict[str, str]
+) -> None:
+    key = await key_for(client, admin_headers)
+    token = (await (await generate(client, key)).json())["token"]
+    claims = jwt.decode(token, API_SECRET, algorithms=["HS256"])
+    forged = jwt.encode(claims, API_SECRET, algorithm="HS256", headers={"kid": "0123456789abcdef"})
+    with pytest.raises(Unauthorized):
+        await client.app[TOKEN_VERIFIER].verify(forged)
+    unkeyed = jwt.encode(claims, API_SECRET, algorithm="HS256")  # minted before tokens had a kid
+    verified, _ = await client.app[TOKEN_VERIFIER].verify(unkeyed)
+    assert verified.jti == claims["jti"]
 
 
 async def test_token_near_expiry_is_replaced(aiohttp_client: Any, store_url: str) -> None:

@@ -1,7 +1,8 @@
 """Where Cube tokens are minted and cached (SPEC §5).
 
 A token is an HS256 JWT with exactly ``model_id``, ``schema_hash``, ``iat``, ``exp`` and
-``jti``. For one (key, model, schema hash) every replica hands out the same token until
+``jti``, its header naming the signing secret's ``kid``. For one (key, model, schema hash,
+signing secret) every replica hands out the same token until
 less than ``min_remaining`` seconds of its life are left:
 
 * L1: an in-process LRU of tokens, checked for remaining life on every read;
@@ -29,8 +30,8 @@ from broker.keys.record import KeyRecord
 from broker.models import SemanticModel
 from broker.store import MintedToken, Store
 from broker.support.metrics import Metrics
-from broker.support.secret import Secret
 from broker.support.single_flight import SingleFlight
+from broker.tokens.signing import SigningSecrets
 
 ALGORITHM = "HS256"
 
@@ -40,7 +41,7 @@ class TokenConfig:
     """What every token is minted with: the signing secret, the lifetime, and the least
     life a cached token must have left to be handed out."""
 
-    secret: Secret
+    secrets: SigningSecrets
     ttl: int
     min_remaining: int
 
@@ -52,7 +53,9 @@ def mint(
     jti = uuid.uuid4().hex
     exp = now + config.ttl
     claims = {"model_id": model_id, "schema_hash": schema_hash, "iat": now, "exp": exp, "jti": jti}
-    token = jwt.encode(claims, config.secret.reveal(), algorithm=ALGORITHM, headers={"typ": "JWT"})
+    secrets = config.secrets
+    headers = {"typ": "JWT", "kid": secrets.kid}
+    token = jwt.encode(claims, secrets.signing.reveal(), algorithm=ALGORITHM, headers=headers)
     return MintedToken(token=token, jti=jti, expires_at=exp, public_id=public_id)
 
 
@@ -76,7 +79,9 @@ class TokenService:
         self._flights: SingleFlight[str, MintedToken] = SingleFlight()
 
     async def token_for(self, key: KeyRecord, model: SemanticModel) -> MintedToken:
-        cache_key = f"{key.id}:{model.asset_id}:{model.schema_hash}"
+        # The signing secret's kid is part of the key: after a rotation no replica hands
+        # out a cached token of the old secret again.
+        cache_key = f"{key.id}:{model.asset_id}:{model.schema_hash}:{self._config.secrets.kid}"
         cached = self._l1.get(cache_key)
         if cached is not None and self._fresh(cached):
             self._metrics.token_cache_hits.inc()

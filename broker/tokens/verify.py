@@ -1,12 +1,14 @@
 """Where Cube tokens presented to the proxy are verified (SPEC §5, §8).
 
-A valid signature is not enough: the token's ``jti`` must be one the broker minted, and
-the key that minted it must still be good (not revoked, inactive or expired). Per replica
-this costs at most one store lookup per token: verified claims and ``jti`` owners are
-cached in process (an owner never changes; an unknown ``jti`` stays unknown, because the
-store records a ``jti`` before its token is ever handed out). The key's state comes from
-the change-feed-invalidated :class:`KeyCache`, so a revoke reaches the proxy within the
-feed's poll interval without a store round trip per request.
+The signature must be HS256 by one of the accepted secrets (:mod:`broker.tokens.signing`,
+picked by the token's ``kid``). A valid signature is not enough: the token's ``jti`` must
+be one the broker minted, and the key that minted it must still be good (not revoked,
+inactive or expired). Per replica this costs at most one store lookup per token: verified
+claims and ``jti`` owners are cached in process (an owner never changes; an unknown
+``jti`` stays unknown, because the store records a ``jti`` before its token is ever
+handed out). The key's state comes from the change-feed-invalidated :class:`KeyCache`,
+so a revoke reaches the proxy within the feed's poll interval without a store round trip
+per request.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from broker.errors import AuthFailure, Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.record import KeyRecord
 from broker.store import Store
-from broker.support.secret import Secret
 from broker.support.timeutil import utcnow
 from broker.tokens.issue import ALGORITHM
+from broker.tokens.signing import SigningSecrets
 
 _REQUIRED = ("model_id", "schema_hash", "iat", "exp", "jti")
 #: A token refused for its key's state says so in its own reason.
@@ -43,8 +45,8 @@ class TokenClaims:
 
 
 class TokenVerifier:
-    def __init__(self, secret: Secret, store: Store, keys: KeyCache) -> None:
-        self._secret = secret
+    def __init__(self, secrets: SigningSecrets, store: Store, keys: KeyCache) -> None:
+        self._secrets = secrets
         self._store = store
         self._keys = keys
         self._claims: LRUCache[str, TokenClaims] = LRUCache(maxsize=100_000)
@@ -77,12 +79,34 @@ class TokenVerifier:
     def _decode(self, token: str) -> TokenClaims:
         claims = self._claims.get(token)
         if claims is None:
-            if not token.isascii():  # a JWT is ASCII; PyJWT would fail to encode the rest
+            claims = self._verify_signature(token)
+            self._claims[token] = claims
+        elif claims.exp <= time.time():
+            raise Unauthorized(AuthFailure.EXPIRED_TOKEN)
+        return claims
+
+    def _verify_signature(self, token: str) -> TokenClaims:
+        """The claims of a token signed (HS256) with one of the accepted secrets: the one
+        its ``kid`` names, or for a token without one (minted before tokens carried it)
+        each accepted secret in turn."""
+        if not token.isascii():  # a JWT is ASCII; PyJWT would fail to encode the rest
+            raise Unauthorized(AuthFailure.INVALID_TOKEN)
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise Unauthorized(AuthFailure.INVALID_TOKEN) from None
+        if kid is None:
+            candidates = self._secrets.all()
+        else:
+            secret = self._secrets.for_kid(kid) if isinstance(kid, str) else None
+            if secret is None:  # a secret dropped, or never ours
                 raise Unauthorized(AuthFailure.INVALID_TOKEN)
+            candidates = [secret]
+        for secret in candidates:
             try:
                 raw = jwt.decode(
                     token,
-                    self._secret.reveal(),
+                    secret.reveal(),
                     algorithms=[ALGORITHM],
                     # iat must be there but not be checked against this replica's clock:
                     # one running a little behind the minting replica's would refuse
@@ -91,15 +115,14 @@ class TokenVerifier:
                 )
             except jwt.ExpiredSignatureError:
                 raise Unauthorized(AuthFailure.EXPIRED_TOKEN) from None
+            except jwt.InvalidSignatureError:
+                continue
             except jwt.InvalidTokenError:
                 raise Unauthorized(AuthFailure.INVALID_TOKEN) from None
             if not all(isinstance(raw[c], str) for c in ("model_id", "schema_hash", "jti")):
                 raise Unauthorized(AuthFailure.INVALID_TOKEN)
-            claims = TokenClaims(raw["model_id"], raw["schema_hash"], int(raw["exp"]), raw["jti"])
-            self._claims[token] = claims
-        elif claims.exp <= time.time():
-            raise Unauthorized(AuthFailure.EXPIRED_TOKEN)
-        return claims
+            return TokenClaims(raw["model_id"], raw["schema_hash"], int(raw["exp"]), raw["jti"])
+        raise Unauthorized(AuthFailure.INVALID_TOKEN)
 
     async def _owner(self, jti: str) -> str:
         owner = self._owners.get(jti)

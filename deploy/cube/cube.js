@@ -2,12 +2,15 @@
 // the cube-token-broker's internal callback (SPEC §7), so Cube itself holds no database
 // credential and no model file.
 //
-// Environment (and nothing secret besides the first two):
+// Environment (and nothing secret besides the first three):
 //   CUBEJS_API_SECRET       HS256 secret shared with the broker; Cube verifies each token
 //                           with it and the token's claims become the securityContext
 //                           ({model_id, schema_hash, iat, exp, jti}).
+//   CUBEJS_API_SECRETS      optional, comma-separated secrets also accepted (the broker's
+//                           and Cube >= 1.6.54's name): the old secret while rotating.
 //   BROKER_CALLBACK_SECRET  presented to the broker as X-Broker-Callback-Secret.
-//   BROKER_INTERNAL_URL     the broker as Cube reaches it, e.g. http://127.0.0.1:8080.
+//   BROKER_INTERNAL_URL     the broker's internal listener as Cube reaches it, e.g.
+//                           http://127.0.0.1:8082.
 //   BROKER_CALLBACK_TIMEOUT_MS  optional, per callback request (default 10000).
 //
 // How Cube 0.33 uses the functions below:
@@ -20,7 +23,16 @@
 //     (server-core's resolveDriver). The password travels only in that answer.
 //   - dbType would otherwise call driverFactory on every query just to learn the type;
 //     the type (not secret) is remembered per model and data source instead.
+//   - checkAuth replaces Cube's own token check (HS256 with CUBEJS_API_SECRET) by the same
+//     check against every accepted secret, picked by the token's kid (the first 16 hex
+//     digits of the secret's SHA-256), so the signing secret rotates without a failed call
+//     (Cube 0.33 has no list of its own). Refusals are Cube's own: 403 "Invalid token",
+//     403 "Authorization header isn't set".
 'use strict';
+
+const crypto = require('crypto');
+const jwt = require('jsonwebtoken');
+const { CubejsHandlerError } = require('@cubejs-backend/api-gateway');
 
 const MODEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const SCHEMA_HASH = /^[0-9a-f]{64}$/;
@@ -34,6 +46,12 @@ function required(name) {
 }
 
 const brokerUrl = required('BROKER_INTERNAL_URL').replace(/\/+$/, '');
+const acceptedSecrets = [
+  required('CUBEJS_API_SECRET'),
+  ...(process.env.CUBEJS_API_SECRETS || '').split(',').map((s) => s.trim()).filter(Boolean),
+];
+const kidOf = (secret) => crypto.createHash('sha256').update(secret).digest('hex').slice(0, 16);
+const secretsByKid = new Map(acceptedSecrets.map((secret) => [kidOf(secret), secret]));
 const callbackSecret = required('BROKER_CALLBACK_SECRET');
 const timeoutMs = Number.parseInt(process.env.BROKER_CALLBACK_TIMEOUT_MS || '10000', 10);
 if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
@@ -103,6 +121,33 @@ async function callBroker(method, path, body) {
   }
 }
 
+/**
+ * Cube's token check against every accepted secret: the one the token's kid names, or
+ * (a token without a kid) each in turn. HS256 only; the claims become the security context.
+ */
+function checkAuth(req, auth) {
+  if (!auth) {
+    throw new CubejsHandlerError(403, 'Forbidden', "Authorization header isn't set");
+  }
+  const decoded = jwt.decode(auth, { complete: true });
+  const kid = decoded && decoded.header ? decoded.header.kid : undefined;
+  let candidates = acceptedSecrets;
+  if (kid !== undefined) {
+    candidates = secretsByKid.has(kid) ? [secretsByKid.get(kid)] : [];
+  }
+  for (const secret of candidates) {
+    try {
+      req.securityContext = jwt.verify(auth, secret, { algorithms: ['HS256'] });
+      return;
+    } catch (e) {
+      if (!(e instanceof jwt.JsonWebTokenError) || e.message !== 'invalid signature') {
+        break; // expired, malformed, wrong algorithm: no other secret changes that
+      }
+    }
+  }
+  throw new CubejsHandlerError(403, 'Forbidden', 'Invalid token');
+}
+
 const dbTypes = new Map();
 
 async function driverConfig({ securityContext, dataSource }) {
@@ -121,6 +166,7 @@ async function driverConfig({ securityContext, dataSource }) {
 
 module.exports = {
   jwt: { algorithms: ['HS256'] },
+  checkAuth,
 
   contextToAppId: ({ securityContext }) => {
     const { modelId, schemaHash } = modelOf(securityContext);
