@@ -15,6 +15,7 @@ from broker.cube.client import CubeClient, new_session
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
+from broker.http.listeners import Listeners
 from broker.http.middlewares import broker_middleware
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
@@ -33,6 +34,7 @@ from broker.state import (
     KEY_CACHE,
     KEY_POLICY,
     KEY_VERIFIER,
+    LISTENERS,
     METRICS,
     REGISTRY,
     SETTINGS,
@@ -61,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[BODIES] = BodyBudget(settings.body_memory, settings.body_timeout)
+    app[LISTENERS] = Listeners()
     app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_store)

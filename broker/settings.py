@@ -4,6 +4,7 @@ over defaults, validated at start-up with errors that name the variable."""
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -149,8 +150,34 @@ def _var(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    host: str = _var("BROKER_HOST", default="127.0.0.1", help="Listen address.")
-    port: int = _var("BROKER_PORT", parse=_int_in(0, 65535), default="8080", help="Listen port.")
+    host: str = _var("BROKER_HOST", default="127.0.0.1", help="Address of the public listener.")
+    port: int = _var(
+        "BROKER_PORT",
+        parse=_int_in(0, 65535),
+        default="8080",
+        help="Port of the public listener (dashboards, back ends; 0: any free port).",
+    )
+    admin_host: str = _var(
+        "BROKER_ADMIN_HOST",
+        default="127.0.0.1",
+        help="Address of the admin listener (/admin, /metrics): reach it by port-forward "
+        "or an internal network, never the public Service.",
+    )
+    admin_port: int = _var(
+        "BROKER_ADMIN_PORT", parse=_int_in(0, 65535), default="8081", help="Admin listener port."
+    )
+    internal_host: str = _var(
+        "BROKER_INTERNAL_HOST",
+        default="127.0.0.1",
+        help="Address of the internal listener (Cube's callback, /internal/v1): loopback, "
+        "Cube runs beside the broker.",
+    )
+    internal_port: int = _var(
+        "BROKER_INTERNAL_PORT",
+        parse=_int_in(0, 65535),
+        default="8082",
+        help="Internal listener port.",
+    )
     cube_url: str = _var(
         "BROKER_CUBE_URL",
         parse=_http_url,
@@ -293,6 +320,14 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        ports = {
+            "BROKER_PORT": self.port,
+            "BROKER_ADMIN_PORT": self.admin_port,
+            "BROKER_INTERNAL_PORT": self.internal_port,
+        }
+        for a, b in itertools.combinations(ports, 2):
+            if ports[a] == ports[b] != 0:
+                raise ConfigError(f"{a}, {b}: the listeners need three different ports")
         if not self.public_url:
             object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
         if self.token_min_remaining is None:

@@ -8,6 +8,7 @@ from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient
 from broker.http.bodies import BodyBudget
 from broker.http.guard import BruteForceGuard
+from broker.http.listeners import Listeners
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
 from broker.keys.policy import KeyPolicy
@@ -35,10 +36,13 @@ TOKEN_VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 CUBE = web.AppKey("cube", CubeClient)
 CUBE_ACCESS = web.AppKey("cube_access", CubeAccess)
 BODIES = web.AppKey("bodies", BodyBudget)
+LISTENERS = web.AppKey("listeners", Listeners)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 #: The client's address (the socket peer, or from X-Forwarded-For behind a trusted proxy).
 CLIENT_IP = web.RequestKey("client_ip", str)
+#: The listener the request came in on (see :mod:`broker.http.listeners`).
+LISTENER = web.RequestKey("listener", str)
 #: ``public_id`` of the key that authenticated the request, for the access log.
 KEY_PUBLIC_ID = web.RequestKey("key_public_id", str)
 #: Asset ID of the semantic model the request is about, for the access log.

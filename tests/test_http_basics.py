@@ -99,7 +99,8 @@ async def test_metrics_use_route_templates(client: Client, admin_headers: dict[s
     assert resp.status == 200
     text = await resp.text()
     assert (
-        'broker_requests_total{method="GET",route="/admin/api-keys/{id}",status="404"} 1.0' in text
+        'broker_requests_total{listener="any",method="GET",route="/admin/api-keys/{id}",'
+        'status="404"} 1.0' in text
     )
     assert "abcdefghijklmnop" not in text
     assert 'broker_auth_failures_total{reason="wrong_admin_key"} 1.0' in text

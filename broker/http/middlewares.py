@@ -29,12 +29,15 @@ from broker.errors import (
 )
 from broker.errors import BadRequest as BadRequestError
 from broker.http.cors import is_preflight
+from broker.http.listeners import ANYWHERE, serves
 from broker.http.requests import admin_credential, client_ip, proxy_credential
 from broker.state import (
     CLIENT_IP,
     GUARD,
     KEY_PUBLIC_ID,
     KEY_VERIFIER,
+    LISTENER,
+    LISTENERS,
     METRICS,
     MODEL_ID,
     REQUEST_ID,
@@ -59,7 +62,10 @@ _HTTP_ERRORS: dict[int, type[BrokerError]] = {
 
 
 def route_template(request: web.Request) -> str:
-    """The matched route's template (``/admin/api-keys/{id}``), never the raw path."""
+    """The matched route's template (``/admin/api-keys/{id}``), never the raw path;
+    ``unmatched`` for unknown paths and for another listener's routes."""
+    if not serves(request.get(LISTENER, ANYWHERE), request.path):
+        return "unmatched"
     info = request.match_info
     resource = info.route.resource if info.http_exception is None else None
     return resource.canonical if resource is not None else "unmatched"
@@ -100,8 +106,11 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
                 # An absolute-form target (``GET http://host/…``) is for a forward proxy:
                 # the broker builds nothing from it.
                 raise BadRequestError("The request target must be a path.")
+            listener = request[LISTENER] = request.app[LISTENERS].of(request)
             if is_preflight(request):
                 response: web.StreamResponse = web.Response(status=204)
+            elif not serves(listener, request.path):
+                raise NotFound()  # another listener's route: exactly an unknown path
             else:
                 response = await _guarded(request, handler)
         except Exception as exc:
@@ -196,7 +205,10 @@ def map_error(request: web.Request, exc: Exception) -> web.Response:
 
 def _account(request: web.Request, status: int, elapsed: float) -> None:
     """Count and time the request, and write its access-log line."""
-    request.app[METRICS].observe_request(route_template(request), request.method, status, elapsed)
+    listener = request.get(LISTENER, ANYWHERE)
+    request.app[METRICS].observe_request(
+        listener, route_template(request), request.method, status, elapsed
+    )
     if not access_log.isEnabledFor(logging.INFO):
         return
     path = redact(request.path_qs)
@@ -214,5 +226,6 @@ def _account(request: web.Request, status: int, elapsed: float) -> None:
             "key": request.get(KEY_PUBLIC_ID),
             "model": request.get(MODEL_ID),
             "client_ip": request.get(CLIENT_IP, request.remote),
+            "listener": listener,
         },
     )

@@ -6,10 +6,12 @@ The admin request bodies are generated from the validation tables of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from broker import __version__
+from broker.http.listeners import ANYWHERE, serves
 from broker.keys.validation import (
     CREATE_FIELDS,
     CREATE_REQUIRED,
@@ -37,17 +39,25 @@ _PAGE = [
 ]
 
 
-def openapi_document() -> Json:
+@functools.cache
+def openapi_document(listener: str = ANYWHERE) -> Json:
+    """The routes ``listener`` serves (every route for :data:`ANYWHERE`). Built once per
+    listener; callers must not change it."""
+    paths = {
+        **_operations_paths(),
+        **_admin_paths(),
+        **_model_paths(),
+        **_proxy_paths(),
+        **_internal_paths(),
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "cube-token-broker", "version": __version__},
-        "paths": {
-            **_operations_paths(),
-            **_admin_paths(),
-            **_model_paths(),
-            **_proxy_paths(),
-            **_internal_paths(),
+        "info": {
+            "title": "cube-token-broker",
+            "version": __version__,
+            "description": f"The routes of the {listener} listener.",
         },
+        "paths": {path: ops for path, ops in paths.items() if serves(listener, path)},
         "components": _components(),
     }
 

@@ -35,18 +35,18 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.requests = Counter(
             "broker_requests_total",
             "HTTP requests answered.",
-            ["route", "method", "status"],
+            ["listener", "route", "method", "status"],
             registry=r,
         )
         self.request_duration = Histogram(
             "broker_request_duration_seconds",
             "Time to answer a request.",
-            ["route"],
+            ["listener", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -72,16 +72,18 @@ class Metrics:
             "broker_upstream_errors_total", "Failed calls to Cube.", ["kind"], registry=r
         )
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, listener: str, route: str, method: str, status: int, seconds: float
+    ) -> None:
         """Count and time one answered request; labelled children are looked up once."""
         if method not in _METHODS:
             method = "OTHER"  # clients choose methods: keep the label set bounded
-        key = (route, method, status)
+        key = (listener, route, method, status)
         children = self._request_children.get(key)
         if children is None:
             children = (
-                self.requests.labels(route, method, str(status)),
-                self.request_duration.labels(route),
+                self.requests.labels(listener, route, method, str(status)),
+                self.request_duration.labels(listener, route),
             )
             self._request_children[key] = children
         children[0].inc()
