@@ -9,7 +9,7 @@ Run from the repository root::
                                           [--part all|cube|fixed] [--endpoints meta,load]
                                           [--store redis|sqlite] [--py-spy DIR]
 
-What it does, in one run (every service through ``tests.services``, as ``tests/e2e`` does):
+What it does, in one run (every service through ``tests.harness``, as ``tests/e2e`` does):
 
 1. starts a private PostgreSQL with the sample ``orders`` table, a private ``redis-server``
    (not for ``--store sqlite``: a file in a temporary folder), the broker (``python -m
@@ -75,7 +75,7 @@ from common import (
 )
 
 if TYPE_CHECKING:
-    from tests.services import HTTPProcess
+    from tests.harness.process import HTTPProcess
 
 MODEL = "orders"
 CUBE_VERSION = "0.33.65"
@@ -161,11 +161,11 @@ def broker_env(store_url: str, registry: Path, cube_url: str, **extra: str) -> d
 
 
 def start_broker(env: dict[str, str], workdir: Path) -> HTTPProcess:
-    from tests import services
+    from tests.harness import broker
 
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        return services.start_broker(env, workdir)
+        return broker.start_broker(env, workdir)
     except RuntimeError as exc:
         raise BenchError(str(exc)) from None
 
@@ -353,7 +353,8 @@ def compare(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tests import services
+    from tests.harness import DATA, cube, postgres, process, redis
+    from tests.harness.registry import PASSWORD_VARIABLE, write_registry
 
     endpoints: list[str] = args.endpoints
     query = quote(json.dumps(json.loads(args.query), separators=(",", ":")), safe="")
@@ -365,9 +366,9 @@ def run(args: argparse.Namespace) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="broker-bench-proxy-"))
         stack.callback(shutil.rmtree, workdir, True)
         if args.store == "redis":
-            redis = services.start_redis()
-            stack.callback(redis.stop)
-            store_url = redis.url
+            redis_server = redis.start_redis()
+            stack.callback(redis_server.stop)
+            store_url = redis_server.url
         else:
             store_url = f"sqlite:///{workdir}/store/broker.db"
 
@@ -378,15 +379,13 @@ def run(args: argparse.Namespace) -> int:
         registry_env: dict[str, str] = {}
 
         if args.part in ("all", "cube"):
-            from tests.e2e.conftest import DATA, PASSWORD_VARIABLE
-
             print("starting PostgreSQL, the broker and Cube ...", flush=True)
-            postgres = services.start_postgres()
-            stack.callback(postgres.stop)
-            registry_path = services.write_registry(
-                workdir, postgres, models=DATA / "models", password_variable=PASSWORD_VARIABLE
+            cluster = postgres.start_postgres()
+            stack.callback(cluster.stop)
+            registry_path = write_registry(
+                workdir, cluster, models=DATA / "models", password_variable=PASSWORD_VARIABLE
             )
-            registry_env = {PASSWORD_VARIABLE: postgres.password}
+            registry_env = {PASSWORD_VARIABLE: cluster.password}
             cube_port = free_port()
             broker = start_broker(
                 broker_env(
@@ -396,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
             )
             stack.callback(broker.stop)
             try:
-                cube = services.start_cube(
+                cube_server = cube.start_cube(
                     api_secret=API_SECRET,
                     broker_url=broker.url,
                     callback_secret=CALLBACK_SECRET,
@@ -404,13 +403,13 @@ def run(args: argparse.Namespace) -> int:
                 )
             except RuntimeError as exc:
                 raise BenchError(f"starting Cube: {exc}") from None
-            stack.callback(cube.stop)
+            stack.callback(cube_server.stop)
             token = mint_token(broker.url)
             headers = {"Authorization": token}
-            direct = Target(cube.url, {"Cube": cube.pid, "broker": broker.pid})
-            via = Target(broker.url, {"Cube": cube.pid, "broker": broker.pid})
+            direct = Target(cube_server.url, {"Cube": cube_server.pid, "broker": broker.pid})
+            via = Target(broker.url, {"Cube": cube_server.pid, "broker": broker.pid})
             for endpoint in endpoints:
-                body, waits = warm_cube(cube.url + paths[endpoint], headers)
+                body, waits = warm_cube(cube_server.url + paths[endpoint], headers)
                 brokered, more = warm_cube(broker.url + paths[endpoint], headers)
                 if not same_answer(endpoint, body, brokered):
                     raise BenchError(f"/{endpoint}: the broker's answer differs from Cube's")
@@ -437,9 +436,9 @@ def run(args: argparse.Namespace) -> int:
             if args.py_spy:
                 spy.stop()
             # Cube, its broker and PostgreSQL are done: give part B the machine.
-            cube.stop()
+            cube_server.stop()
             broker.stop()
-            postgres.stop()
+            cluster.stop()
 
         if args.part in ("all", "fixed"):
             body_dir = workdir / "fixed-bodies"
@@ -449,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
                 bodies[name] = body
                 (body_dir / f"{name}.json").write_bytes(body)
             port = free_port()
-            fixed = services.HTTPProcess(
+            fixed = process.HTTPProcess(
                 "fixed-upstream",
                 [
                     *(sys.executable, str(Path(__file__).resolve()), "--serve-fixed"),
@@ -670,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupted)
     try:
         return run(args)
-    except (BenchError, RuntimeError) as exc:  # RuntimeError: tests.services failed
+    except (BenchError, RuntimeError) as exc:  # RuntimeError: tests.harness failed
         print(f"bench_proxy: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

@@ -7,7 +7,7 @@ Run from the repository root::
 
 What it does, in one run:
 
-1. starts a private ``redis-server`` (``tests.services.start_redis``; not for
+1. starts a private ``redis-server`` (``tests.harness.redis.start_redis``; not for
    ``--store sqlite``, which uses a file in a temporary folder) and the real broker as a
    subprocess (``python -m broker serve``, ``BROKER_LOG_LEVEL=WARNING``);
 2. creates a key with ``semantic_model.token.create`` over the admin API and warms the
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_redis() -> Any:
-    from tests.services import start_redis
+    from tests.harness.redis import start_redis
 
     return start_redis()
 

@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 from broker.settings import Settings
 from broker.store import Store, open_store
-from tests.services import PostgresServer, RedisServer, start_postgres, start_redis
-
-ADMIN_KEY = "admin-key-for-tests-0123456789abcdef"
-API_SECRET = "test-api-secret-that-is-long-enough-0123456789"
-CALLBACK_SECRET = "callback-secret-for-tests-0123"
-
-AiohttpClient = Callable[..., Any]
+from tests.harness.postgres import PostgresServer, start_postgres
+from tests.harness.redis import RedisServer, start_redis
+from tests.harness.settings import ADMIN_KEY, make_settings
+from tests.helpers import AiohttpClient, Client
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
+    with start_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A private PostgreSQL cluster with ``shop.public.orders`` (see ``tests.services``)."""
-    server = start_postgres()
-    try:
+    """A private PostgreSQL cluster with ``shop.public.orders`` (``tests.harness.postgres``)."""
+    with start_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -64,26 +53,14 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         await s.close()
 
 
-def make_settings(**overrides: str) -> Settings:
-    env = {
-        "CUBEJS_API_SECRET": API_SECRET,
-        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
-        "ATHENA_KEY_12": ADMIN_KEY,
-        "BROKER_LOG_FORMAT": "json",
-        "BROKER_MODELS": str(Path(__file__).parent / "data" / "models.yaml"),
-    }
-    env.update(overrides)
-    return Settings.load(env)
-
-
 @pytest.fixture
 def settings(store_url: str) -> Settings:
     return make_settings(BROKER_STORE=store_url)
 
 
 @pytest.fixture
-async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
-    c: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+async def client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
+    c: Client = await aiohttp_client(create_app(settings))
     return c
 
 

@@ -1,21 +1,16 @@
-"""Helpers shared by the HTTP tests."""
+"""Assertions and small request helpers shared by the HTTP tests (what also starts or
+drives real processes, and creates keys, is in ``tests.harness``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 Client = TestClient[Any, Any]
-
-
-async def create(client: Client, admin: dict[str, str], **body: Any) -> dict[str, Any]:
-    body.setdefault("name", "dashboard")
-    resp = await client.post("/admin/api-keys", json=body, headers=admin)
-    assert resp.status == 201, await resp.text()
-    assert resp.headers["Cache-Control"] == "no-store"  # it holds the plaintext key
-    doc: dict[str, Any] = await resp.json()
-    return doc
+#: The type of pytest-aiohttp's ``aiohttp_client`` fixture.
+AiohttpClient = Callable[..., Any]
 
 
 async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:

@@ -66,8 +66,8 @@ async def test_healthz_readyz(client: Client) -> None:
 
 
 async def test_readyz_reports_a_dead_store(aiohttp_client: Any, tmp_path: Any) -> None:
-    from tests.conftest import make_settings
-    from tests.services import start_redis
+    from tests.harness.redis import start_redis
+    from tests.harness.settings import make_settings
 
     server = start_redis()
     try:

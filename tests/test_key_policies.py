@@ -21,12 +21,12 @@ from multidict import CIMultiDict
 
 from broker.app import create_app
 from broker.keys.policy import check_ip, poll_identity, virgin_use
-from broker.keys.record import KeyRecord
 from broker.state import STORE, USAGE
 from broker.support.netaddr import matches
 from broker.support.timeutil import utcnow
-from tests.conftest import ADMIN_KEY, make_settings
 from tests.fake_cube import FakeCube
+from tests.harness.keys import create_key, make_record
+from tests.harness.settings import ADMIN_KEY, make_settings
 from tests.helpers import assert_error
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -49,15 +49,6 @@ def replicas(aiohttp_client: Any, store_url: str) -> Callable[..., Any]:
         return [await aiohttp_client(create_app(settings)) for _ in range(n)]
 
     return make
-
-
-async def new_key(c: Client, **body: Any) -> tuple[str, str]:
-    body.setdefault("name", "k")
-    body.setdefault("rights", ["semantic_model.*"])
-    resp = await c.post("/admin/api-keys", json=body, headers=ADMIN)
-    assert resp.status == 201, await resp.text()
-    doc = await resp.json()
-    return doc["api_key"], doc["record"]["id"]
 
 
 async def mint(c: Client, key: str, ip: str = "127.0.0.1", **headers: str) -> int:
@@ -92,16 +83,10 @@ def test_matches(ip: str, rules: list[str], expected: bool) -> None:
     assert matches(ip, rules) is expected
 
 
-def _rec(**kw: Any) -> KeyRecord:
-    return KeyRecord(
-        id="i", public_id="p" * 16, name="n", created_at=utcnow(), secret_digest="d", **kw
-    )
-
-
 def test_blacklist_wins_over_whitelist() -> None:
     from broker.errors import IPNotAllowed
 
-    rec = _rec(ip_whitelist=("10.0.0.0/8",), ip_blacklist=("10.0.0.5",))
+    rec = make_record(ip_whitelist=("10.0.0.0/8",), ip_blacklist=("10.0.0.5",))
     check_ip(rec, "10.0.0.6")
     with pytest.raises(IPNotAllowed):
         check_ip(rec, "10.0.0.5")
@@ -113,7 +98,7 @@ def test_virgin_rules() -> None:
     from broker.errors import IPNotAllowed, Unauthorized
 
     now = utcnow()
-    rec = _rec(virgin_mode=True, max_whitelist_ips=2, virgin_until_n_requests=0)
+    rec = make_record(virgin_mode=True, max_whitelist_ips=2, virgin_until_n_requests=0)
     rec = virgin_use(rec, "::ffff:10.0.0.1", now)
     assert rec.ip_whitelist == ("10.0.0.1",) and rec.request_count == 1 and not rec.locked
     rec = virgin_use(rec, "10.0.0.1", now)
@@ -122,15 +107,15 @@ def test_virgin_rules() -> None:
     assert rec.locked and rec.ip_whitelist == ("10.0.0.1", "10.0.0.2")
     with pytest.raises(IPNotAllowed):
         virgin_use(rec, "10.0.0.3", now)
-    counted = _rec(virgin_mode=True, virgin_until_n_requests=2)
+    counted = make_record(virgin_mode=True, virgin_until_n_requests=2)
     counted = virgin_use(virgin_use(counted, "10.0.0.9", now), "10.0.0.9", now)
     assert counted.locked and counted.request_count == 2
     with pytest.raises(IPNotAllowed):
         virgin_use(counted, "10.0.0.8", now)
     with pytest.raises(IPNotAllowed):
-        virgin_use(_rec(virgin_mode=True), "not-an-ip", now)
+        virgin_use(make_record(virgin_mode=True), "not-an-ip", now)
     with pytest.raises(Unauthorized) as refused:  # the stored record is fresher than the cache
-        virgin_use(_rec(virgin_mode=True, revoked_at=now), "10.0.0.1", now)
+        virgin_use(make_record(virgin_mode=True, revoked_at=now), "10.0.0.1", now)
     assert refused.value.reason == "revoked"
 
 
@@ -148,31 +133,31 @@ def test_poll_identity() -> None:
 
 async def test_whitelist_and_blacklist(replicas: Any) -> None:
     (c,) = await replicas()
-    key, _ = await new_key(c, ip_whitelist=["127.0.0.2", "127.0.0.8/29"])
+    key, _ = await create_key(c, ip_whitelist=["127.0.0.2", "127.0.0.8/29"])
     assert await mint(c, key, "127.0.0.2") == 200
     assert await mint(c, key, "127.0.0.9") == 200
     assert await mint(c, key, "127.0.0.3") == 403
-    blocked, _ = await new_key(c, ip_blacklist=["127.0.0.4/32"])
+    blocked, _ = await create_key(c, ip_blacklist=["127.0.0.4/32"])
     assert await mint(c, blocked, "127.0.0.4") == 403
     assert await mint(c, blocked, "127.0.0.5") == 200
 
 
 async def test_ip_refusal_shape(replicas: Any) -> None:
     (c,) = await replicas()
-    key, _ = await new_key(c, ip_whitelist=["10.9.9.9"])
+    key, _ = await create_key(c, ip_whitelist=["10.9.9.9"])
     resp = await c.post(TOKEN, headers={"X-API-KEY": key})
     await assert_error(resp, 403, "ip_not_allowed")
 
 
 async def test_spoofed_forwarded_for_is_ignored_from_untrusted_peers(replicas: Any) -> None:
     (c,) = await replicas()
-    key, _ = await new_key(c, ip_whitelist=["203.0.113.7"])
+    key, _ = await create_key(c, ip_whitelist=["203.0.113.7"])
     assert await mint(c, key, "127.0.0.2", **{"X-Forwarded-For": "203.0.113.7"}) == 403
 
 
 async def test_forwarded_for_from_trusted_proxy(replicas: Any) -> None:
     (c,) = await replicas(BROKER_TRUSTED_PROXIES="127.0.0.2/32, 10.0.0.0/8")
-    key, _ = await new_key(c, ip_whitelist=["203.0.113.7"])
+    key, _ = await create_key(c, ip_whitelist=["203.0.113.7"])
     xff = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.1.1"}
     assert await mint(c, key, "127.0.0.2", **xff) == 200  # right-most untrusted hop
     assert await mint(c, key, "127.0.0.3", **xff) == 403  # peer not trusted
@@ -182,9 +167,9 @@ async def test_forwarded_for_in_several_header_lines_is_one_list(replicas: Any) 
     """A proxy that adds its own X-Forwarded-For line (HAProxy's ``option forwardfor``)
     must not let a client's forged first line pass for the client's address."""
     (c,) = await replicas(BROKER_TRUSTED_PROXIES="127.0.0.2/32")
-    forged_only, _ = await new_key(c, ip_whitelist=["203.0.113.66"])
-    real_blocked, _ = await new_key(c, ip_blacklist=["198.51.100.7"])
-    real_allowed, _ = await new_key(c, ip_whitelist=["198.51.100.7"])
+    forged_only, _ = await create_key(c, ip_whitelist=["203.0.113.66"])
+    real_blocked, _ = await create_key(c, ip_blacklist=["198.51.100.7"])
+    real_allowed, _ = await create_key(c, ip_whitelist=["198.51.100.7"])
     for key, expected in ((forged_only, 403), (real_blocked, 403), (real_allowed, 200)):
         headers = CIMultiDict([("X-API-KEY", key), ("X-Forwarded-For", "203.0.113.66"),
                                ("X-Forwarded-For", "198.51.100.7")])  # fmt: skip
@@ -194,8 +179,8 @@ async def test_forwarded_for_in_several_header_lines_is_one_list(replicas: Any) 
 
 async def test_an_unreadable_client_address_fails_closed(replicas: Any) -> None:
     (c,) = await replicas(BROKER_TRUSTED_PROXIES="127.0.0.2/32")
-    blocked, _ = await new_key(c, ip_blacklist=["198.51.100.7"])
-    free, _ = await new_key(c)
+    blocked, _ = await create_key(c, ip_blacklist=["198.51.100.7"])
+    free, _ = await create_key(c)
     xff = {"X-Forwarded-For": "not-an-ip"}
     assert await mint(c, blocked, "127.0.0.2", **xff) == 403  # a key with IP rules
     assert await mint(c, free, "127.0.0.2", **xff) == 200  # a key without any
@@ -203,11 +188,11 @@ async def test_an_unreadable_client_address_fails_closed(replicas: Any) -> None:
 
 async def test_virgin_cap_is_atomic_across_replicas(replicas: Any) -> None:
     nodes = await replicas(3)
-    key, key_id = await new_key(nodes[0], virgin_mode=True, max_whitelist_ips=2)
+    key, created = await create_key(nodes[0], virgin_mode=True, max_whitelist_ips=2)
     ips = [f"127.0.0.{i}" for i in range(2, 10)]
     statuses = await asyncio.gather(*(mint(nodes[i % 3], key, ip) for i, ip in enumerate(ips)))
     assert sorted(statuses) == [200, 200] + [403] * 6
-    rec = await record(nodes[0], key_id)
+    rec = await record(nodes[0], created["id"])
     assert len(rec["ip_whitelist"]) == 2 and set(rec["ip_whitelist"]) <= set(ips)
     assert rec["locked"] is True and rec["request_count"] == 2
     learned = rec["ip_whitelist"][0]
@@ -217,10 +202,10 @@ async def test_virgin_cap_is_atomic_across_replicas(replicas: Any) -> None:
 
 async def test_virgin_request_limit_counts_exactly(replicas: Any) -> None:
     nodes = await replicas(2)
-    key, key_id = await new_key(nodes[0], virgin_mode=True, virgin_until_n_requests=5)
+    key, created = await create_key(nodes[0], virgin_mode=True, virgin_until_n_requests=5)
     statuses = await asyncio.gather(*(mint(nodes[i % 2], key, "127.0.0.2") for i in range(20)))
     assert statuses == [200] * 20
-    rec = await record(nodes[0], key_id)
+    rec = await record(nodes[0], created["id"])
     assert rec["request_count"] == 20 and rec["locked"] is True
     assert rec["ip_whitelist"] == ["127.0.0.2"] and rec["last_used_at"] is not None
     assert await mint(nodes[1], key, "127.0.0.3") == 403
@@ -228,10 +213,12 @@ async def test_virgin_request_limit_counts_exactly(replicas: Any) -> None:
 
 async def test_virgin_both_limits_first_one_wins(replicas: Any) -> None:
     (c,) = await replicas()
-    key, key_id = await new_key(c, virgin_mode=True, virgin_until_n_requests=3, max_whitelist_ips=5)
+    key, created = await create_key(
+        c, virgin_mode=True, virgin_until_n_requests=3, max_whitelist_ips=5
+    )
     for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.2"):
         assert await mint(c, key, ip) == 200
-    rec = await record(c, key_id)
+    rec = await record(c, created["id"])
     assert rec["locked"] is True and rec["ip_whitelist"] == ["127.0.0.2", "127.0.0.3"]
     assert await mint(c, key, "127.0.0.4") == 403
 
@@ -255,9 +242,9 @@ async def test_admin_changes_reach_other_replicas_within_a_second(
     replicas: Any, change: str
 ) -> None:
     a, b = await replicas(2)
-    key, key_id = await new_key(a)
+    key, created = await create_key(a)
     assert await mint(b, key) == 200
-    path = f"/admin/api-keys/{key_id}"
+    path = f"/admin/api-keys/{created['id']}"
     if change == "revoke":
         await a.delete(path, headers=ADMIN)
     elif change == "rotate":
@@ -279,7 +266,7 @@ async def test_admin_changes_reach_other_replicas_within_a_second(
 
 async def test_revoked_keys_tokens_refused_on_other_replica(replicas: Any, tmp_path: Path) -> None:
     a, b = await replicas(2)
-    key, key_id = await new_key(a)
+    key, created = await create_key(a)
     token = (await (await a.post(TOKEN, headers={"X-API-KEY": key})).json())["token"]
 
     async def use() -> int:
@@ -288,13 +275,13 @@ async def test_revoked_keys_tokens_refused_on_other_replica(replicas: Any, tmp_p
         return 200 if resp.status == 502 else resp.status
 
     assert await use() == 200
-    await a.delete(f"/admin/api-keys/{key_id}", headers=ADMIN)
+    await a.delete(f"/admin/api-keys/{created['id']}", headers=ADMIN)
     await poll_until_refused(use)
 
 
 async def test_rate_limit_shared_across_replicas(replicas: Any) -> None:
     nodes = await replicas(2)
-    key, _ = await new_key(nodes[0], rate_limit_per_minute=3)
+    key, _ = await create_key(nodes[0], rate_limit_per_minute=3)
     responses = await asyncio.gather(
         *(nodes[i % 2].post(TOKEN, headers={"X-API-KEY": key}) for i in range(8))
     )
@@ -304,7 +291,7 @@ async def test_rate_limit_shared_across_replicas(replicas: Any) -> None:
     body = await assert_error(refused, 429, "rate_limited")
     assert "3" in body["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 20
-    other, _ = await new_key(nodes[0], rate_limit_per_minute=3)
+    other, _ = await create_key(nodes[0], rate_limit_per_minute=3)
     assert (await nodes[1].post(TOKEN, headers={"X-API-KEY": other})).status == 200
 
 
@@ -320,7 +307,7 @@ async def test_continue_wait_polls_are_not_counted(
             )
         )
     )
-    key, _ = await new_key(c, rate_limit_per_minute=2)
+    key, _ = await create_key(c, rate_limit_per_minute=2)
     headers = {"X-API-KEY": key, "X-Semantic-Model": "orders"}
     statuses = []
     for span in range(1, 7):  # five "Continue wait" answers, then the result
@@ -345,7 +332,7 @@ async def test_continue_wait_polls_are_not_counted(
 
 async def test_brute_force_guard(replicas: Any) -> None:
     a, b = await replicas(2)
-    key, _ = await new_key(a)
+    key, _ = await create_key(a)
     wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     statuses = [await mint((a, b)[i % 2], wrong, "127.0.0.2") for i in range(20)]
     assert statuses == [401] * 20  # never trips below 20 failures a minute
@@ -366,24 +353,24 @@ async def test_brute_force_guard(replicas: Any) -> None:
 
 async def test_usage_counts_are_batched(replicas: Any) -> None:
     (c,) = await replicas()
-    key, key_id = await new_key(c)
+    key, created = await create_key(c)
     for _ in range(4):
         assert await mint(c, key) == 200
     feed = await c.app[STORE].key_changes(None)
     await c.app[USAGE].flush()
-    rec = await record(c, key_id)
+    rec = await record(c, created["id"])
     assert rec["request_count"] == 4 and rec["last_used_at"] is not None
     # not announced: other replicas need not re-read the key for its counts
     assert (await c.app[STORE].key_changes(feed.seq)).public_ids == ()
 
 
 async def test_store_outage_fails_closed_then_recovers(aiohttp_client: Any) -> None:
-    from tests.services import start_redis
+    from tests.harness.redis import start_redis
 
     server = start_redis()
     try:
         c = await aiohttp_client(create_app(make_settings(BROKER_STORE=server.url)))
-        key, _ = await new_key(c, rate_limit_per_minute=1000)
+        key, _ = await create_key(c, rate_limit_per_minute=1000)
         assert (await c.post(TOKEN, headers={"X-API-KEY": key})).status == 200
         server.kill()
         deadline = time.monotonic() + 10
@@ -399,14 +386,14 @@ async def test_store_outage_fails_closed_then_recovers(aiohttp_client: Any) -> N
         while (await c.get("/readyz")).status != 200:
             assert time.monotonic() < deadline, "did not recover after the store came back"
             await asyncio.sleep(0.05)
-        fresh, _ = await new_key(c)
+        fresh, _ = await create_key(c)
         assert (await c.post(TOKEN, headers={"X-API-KEY": fresh})).status == 200
     finally:
         server.stop()
 
 
 async def test_bad_tokens_do_not_cut_cube_off_the_callback(replicas: Any) -> None:
-    from tests.conftest import CALLBACK_SECRET
+    from tests.harness.settings import CALLBACK_SECRET
 
     (c,) = await replicas(BROKER_BRUTE_FORCE_LIMIT="20")
     for _ in range(25):

@@ -11,9 +11,8 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,20 +23,9 @@ from broker.store.base import KeyChanges
 from broker.store.common import encode_record
 from broker.store.redis import RedisStore
 from broker.store.sqlite import SQLiteStore
-from tests.services import RedisServer, start_redis
-
-BASE_TIME = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-
-
-def make_record(n: int = 0, **changes: Any) -> KeyRecord:
-    record = KeyRecord(
-        id=str(uuid.uuid4()),
-        public_id=secrets.token_hex(8),
-        name=f"key {n}",
-        created_at=BASE_TIME + timedelta(seconds=n),
-        secret_digest=secrets.token_hex(32),
-    )
-    return dataclasses.replace(record, **changes)
+from tests.harness.keys import BASE_TIME, make_record
+from tests.harness.redis import RedisServer, start_redis
+from tests.harness.waiting import wait_until
 
 
 def full_record() -> KeyRecord:
@@ -75,15 +63,6 @@ def make_token(public_id: str = "0123456789abcdef", lifetime: int = 3600) -> Min
 
 def count_up(record: KeyRecord) -> KeyRecord:
     return dataclasses.replace(record, request_count=record.request_count + 1)
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition still false after {within} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -349,7 +328,7 @@ async def test_cached_token_is_gone_after_keep_until_and_can_be_replaced(store: 
     async def gone() -> bool:
         return await store.get_token("k") is None
 
-    await eventually(gone)
+    await wait_until(gone)
     assert await store.add_token("k", second, time.time() + 60) == second
     assert await store.get_token("k") == second
 
@@ -364,7 +343,7 @@ async def test_token_owner_until_the_token_expires(store: Store) -> None:
     async def forgotten() -> bool:
         return await store.token_owner(token.jti) is None
 
-    await eventually(forgotten)
+    await wait_until(forgotten)
 
 
 async def test_ping_answers(store: Store) -> None:
@@ -495,11 +474,8 @@ async def test_sqlite_closed_store_is_unavailable(sqlite_path: Path) -> None:
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A Redis of this test's own, which it may kill without disturbing the others."""
-    server = start_redis()
-    try:
+    with start_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_a_flushed_redis_tells_feed_readers_to_reset(private_redis: RedisServer) -> None:

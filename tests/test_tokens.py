@@ -15,24 +15,19 @@ import jwt
 import pytest
 
 from broker.app import create_app
+from broker.keys.rights import TOKEN_CREATE
 from broker.state import METRICS, REGISTRY, STORE
-from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
-from tests.helpers import Client, assert_error, create
+from tests.harness import DATA
+from tests.harness.keys import create_key
+from tests.harness.settings import API_SECRET, make_settings
+from tests.helpers import Client, assert_error
 
-DATA = Path(__file__).parent / "data"
 URL = "/api/v0/semantic-model/{}/generate-token"
-ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 def minted(client: Client) -> float:
     value = client.app[METRICS].registry.get_sample_value("broker_tokens_minted_total")
     return value or 0.0
-
-
-async def key_for(client: Client, admin: dict[str, str], rights: list[str] | None = None) -> str:
-    doc = await create(client, admin, rights=rights or ["semantic_model.token.create"])
-    key: str = doc["api_key"]
-    return key
 
 
 async def generate(client: Client, key: str, asset: str = "orders", bearer: bool = False) -> Any:
@@ -41,7 +36,7 @@ async def generate(client: Client, key: str, asset: str = "orders", bearer: bool
 
 
 async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     resp = await generate(client, key)
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -71,11 +66,11 @@ async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -
 async def test_same_token_for_same_key_and_model(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     first = await (await generate(client, key)).json()
     second = await (await generate(client, key, bearer=True)).json()
     assert first == second
-    other = await key_for(client, admin_headers)
+    other, _ = await create_key(client, rights=[TOKEN_CREATE])
     third = await (await generate(client, other)).json()
     assert third["token"] != first["token"]
     assert minted(client) == 2
@@ -87,21 +82,21 @@ async def test_public_url_setting(aiohttp_client: Any, store_url: str) -> None:
             make_settings(BROKER_STORE=store_url, BROKER_PUBLIC_URL="https://bi.example.com/")
         )
     )
-    key = await key_for(c, ADMIN)
+    key, _ = await create_key(c, rights=[TOKEN_CREATE])
     body = await (await generate(c, key)).json()
     assert body["cube_url"] == "https://bi.example.com/cubejs-api/v1"
 
 
 async def test_rights(client: Client, admin_headers: dict[str, str]) -> None:
-    scoped = await key_for(client, admin_headers, ["semantic_model.token.create:orders"])
+    scoped, _ = await create_key(client, rights=["semantic_model.token.create:orders"])
     assert (await generate(client, scoped)).status == 200
-    star = await key_for(client, admin_headers, ["semantic_model.*:orders"])
+    star, _ = await create_key(client, rights=["semantic_model.*:orders"])
     assert (await generate(client, star)).status == 200
-    wrong_scope = await key_for(client, admin_headers, ["semantic_model.token.create:sales"])
+    wrong_scope, _ = await create_key(client, rights=["semantic_model.token.create:sales"])
     await assert_error(await generate(client, wrong_scope), 403, "forbidden")
-    no_right = await key_for(client, admin_headers, ["semantic_model.meta.read"])
+    no_right, _ = await create_key(client, rights=["semantic_model.meta.read"])
     await assert_error(await generate(client, no_right), 403, "forbidden")
-    unscoped = await key_for(client, admin_headers)
+    unscoped, _ = await create_key(client, rights=[TOKEN_CREATE])
     await assert_error(await generate(client, unscoped, asset="nope"), 404, "not_found")
 
 
@@ -109,8 +104,8 @@ async def test_rights(client: Client, admin_headers: dict[str, str]) -> None:
 async def test_refused_keys_are_401_before_404(
     client: Client, admin_headers: dict[str, str], state: str
 ) -> None:
-    doc = await create(client, admin_headers, rights=["semantic_model.*"])
-    key, rid = doc["api_key"], doc["record"]["id"]
+    key, record = await create_key(client)
+    rid = record["id"]
     if state == "wrong":
         key = key[:-1] + ("A" if key[-1] != "A" else "B")
     elif state == "inactive":
@@ -146,7 +141,7 @@ async def _expire(client: Client, key_id: str) -> None:
 async def test_fifty_concurrent_cold_requests_mint_once(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     responses = await asyncio.gather(*(generate(client, key) for _ in range(50)))
     tokens = {(await r.json())["token"] for r in responses}
     assert len(tokens) == 1
@@ -158,8 +153,7 @@ async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str)
     settings = make_settings(BROKER_STORE=store_url)
     a = await aiohttp_client(create_app(settings))
     b = await aiohttp_client(create_app(settings))
-    admin = ADMIN
-    key = await key_for(a, admin)
+    key, _ = await create_key(a, rights=[TOKEN_CREATE])
     responses = await asyncio.gather(*(generate(c, key) for c in [a, b] * 25))
     tokens = {(await r.json())["token"] for r in responses}
     assert len(tokens) == 1
@@ -172,7 +166,7 @@ async def test_token_near_expiry_is_replaced(aiohttp_client: Any, store_url: str
         BROKER_STORE=store_url, BROKER_TOKEN_TTL="6", BROKER_TOKEN_MIN_REMAINING="4"
     )
     c = await aiohttp_client(create_app(settings))
-    key = await key_for(c, ADMIN)
+    key, _ = await create_key(c, rights=[TOKEN_CREATE])
     first = await (await generate(c, key)).json()
     first_exp = jwt.decode(first["token"], API_SECRET, algorithms=["HS256"])["exp"]
     deadline = time.monotonic() + 10
@@ -198,7 +192,7 @@ async def test_schema_change_gives_a_new_token(
         BROKER_STORE=store_url, BROKER_MODELS=str(tmp_path / "data" / "models.yaml")
     )
     c = await aiohttp_client(create_app(settings))
-    key = await key_for(c, ADMIN)
+    key, _ = await create_key(c, rights=[TOKEN_CREATE])
     before = await (await generate(c, key)).json()
     model_file = tmp_path / "data" / "models" / "orders" / "orders.yml"
     model_file.write_text(model_file.read_text() + "\n# a change\n")

@@ -11,7 +11,7 @@ from broker.errors import StoreUnavailable
 from broker.keys.usage import UsageRecorder
 from broker.store import Store
 from broker.support.timeutil import utcnow
-from tests.test_store_contract import make_record
+from tests.harness.keys import make_record
 
 
 async def keys_used(store: Store, uses: list[int]) -> tuple[UsageRecorder, list[str]]:

@@ -10,8 +10,6 @@ data source is the private cluster, so tests may edit its files.
 
 from __future__ import annotations
 
-import http.client
-import json
 import shutil
 import tempfile
 import time
@@ -19,26 +17,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import pytest
 
 from broker.models import load_registry
-from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
-from tests.services import (
-    HTTPProcess,
-    PostgresServer,
-    free_port,
-    start_broker,
-    start_cube,
-    write_registry,
-)
-
-DATA = Path(__file__).parent.parent / "data"
-#: The environment variable through which the e2e broker gets the database password.
-PASSWORD_VARIABLE = "E2E_ORDERS_DB_PASSWORD"
+from tests.harness import DATA
+from tests.harness.broker import start_broker
+from tests.harness.cube import start_cube
+from tests.harness.http import request_json
+from tests.harness.keys import create_key_at
+from tests.harness.ports import free_port
+from tests.harness.postgres import PostgresServer
+from tests.harness.process import HTTPProcess
+from tests.harness.registry import PASSWORD_VARIABLE, write_registry
+from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 
 
 @dataclass(frozen=True)
@@ -57,7 +50,7 @@ class Stack:
 
     def cube_token(self, model_id: str = "orders") -> str:
         """A token minted by the broker (``generate-token`` with :attr:`athena_key`)."""
-        status, body = http_json(
+        status, body = request_json(
             "POST",
             f"{self.broker.url}/api/v0/semantic-model/{model_id}/generate-token",
             headers={"X-API-Key": self.athena_key},
@@ -78,26 +71,6 @@ class Stack:
             "jti": uuid.uuid4().hex,
         }
         return jwt.encode(claims, API_SECRET, algorithm="HS256")
-
-
-def http_json(
-    method: str, url: str, body: object = None, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    """One blocking HTTP request with an optional JSON body; the status and parsed JSON.
-
-    Blocking is harmless here: the servers are other processes.
-    """
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        payload = None if body is None else json.dumps(body).encode()
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        connection.request(method, parts.path, body=payload, headers=all_headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -144,14 +117,8 @@ def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
             refresh_interval=1,
         )
         try:
-            status, created = http_json(
-                "POST",
-                f"{broker.url}/admin/api-keys",
-                {"name": "e2e", "rights": ["semantic_model.*"]},
-                headers={"X-API-Key": ADMIN_KEY},
-            )
-            assert status == 201, created
-            yield Stack(postgres, broker, cube, registry_path, created["api_key"])
+            athena_key, _ = create_key_at(broker.url, ADMIN_KEY, name="e2e")
+            yield Stack(postgres, broker, cube, registry_path, athena_key)
         finally:
             cube.stop()
     finally:
