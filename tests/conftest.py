@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,22 @@ async def client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"X-API-Key": ADMIN_KEY}
+
+
+@pytest.fixture
+def replicas(aiohttp_client: AiohttpClient, store_url: str) -> Callable[..., Any]:
+    """``await replicas(n, **env)``: ``n`` app instances on the test's one store, standing
+    for replicas, with the environment ``env`` on top of the test settings."""
+
+    async def make(n: int = 1, **env: str) -> list[Client]:
+        settings = make_settings(BROKER_STORE=store_url, **env)
+        return [await aiohttp_client(create_app(settings)) for _ in range(n)]
+
+    return make
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may kill without disturbing the others."""
+    with start_redis() as server:
+        yield server

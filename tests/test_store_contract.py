@@ -10,7 +10,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from broker.store.common import encode_record
 from broker.store.redis import RedisStore
 from broker.store.sqlite import SQLiteStore
 from tests.harness.keys import BASE_TIME, make_record
-from tests.harness.redis import RedisServer, start_redis
+from tests.harness.redis import RedisServer
 from tests.harness.waiting import wait_until
 
 
@@ -469,13 +469,6 @@ async def test_sqlite_closed_store_is_unavailable(sqlite_path: Path) -> None:
 
 
 # -- Redis outage ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may kill without disturbing the others."""
-    with start_redis() as server:
-        yield server
 
 
 async def test_a_flushed_redis_tells_feed_readers_to_reset(private_redis: RedisServer) -> None:
