@@ -6,6 +6,10 @@ Order matters: Cube's port is chosen first so the broker can be told where Cube 
 (``BROKER_CUBE_URL``), then the broker starts, then Cube with ``BROKER_INTERNAL_URL``
 pointing at it. The broker's registry is a temporary copy of the ``orders`` model whose
 data source is the private cluster, so tests may edit its files.
+
+Every test under ``tests/e2e`` is marked ``e2e`` here, so ``pytest -m "not e2e"`` leaves
+them out and never starts PostgreSQL or Cube (they start for the first test that needs
+them).
 """
 
 from __future__ import annotations
@@ -71,6 +75,16 @@ class Stack:
             "jti": uuid.uuid4().hex,
         }
         return jwt.encode(claims, API_SECRET, algorithm="HS256")
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
