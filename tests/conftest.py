@@ -1,4 +1,11 @@
-"""Shared fixtures: private service instances (session-scoped), stores, settings, app client."""
+"""Shared fixtures: private service instances (session-scoped), stores, settings, app client.
+
+The store of a test is SQLite (a file in its ``tmp_path``). A test that exercises the
+store's behaviour (atomicity, counts or caches shared by replicas, the change feed) is
+marked ``both_stores``, per test or per module (``pytestmark``): it then runs once on
+SQLite and once on the private Redis, as ``test_x[sqlite]`` and ``test_x[redis]``.
+Tests in such a module that use no store are not repeated.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +44,26 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+STORE_KINDS = ("sqlite", "redis")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_stores"
+    ):
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """``sqlite``, or each of :data:`STORE_KINDS` for a test marked ``both_stores``."""
+    kind: str = getattr(request, "param", "sqlite")
+    return kind
+
+
+@pytest.fixture
+def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if store_kind == "sqlite":
         return f"sqlite:///{tmp_path}/store/broker.db"
     url: str = request.getfixturevalue("redis_url")
     return url

@@ -10,6 +10,9 @@ import pytest
 from tests.harness.keys import create_key
 from tests.helpers import TOKEN_PATH, assert_error, from_ip, token_status
 
+#: Failures are counted in the store, across replicas.
+pytestmark = pytest.mark.both_stores
+
 
 async def test_brute_force_guard(replicas: Any) -> None:
     a, b = await replicas(2)

@@ -1,4 +1,4 @@
-"""The internal callback Cube calls (SPEC §7), over HTTP, on both stores."""
+"""The internal callback Cube calls (SPEC §7), over HTTP."""
 
 from __future__ import annotations
 

@@ -173,6 +173,7 @@ async def test_a_stalled_feed_stops_the_cache_vouching_within_a_second(store: St
         await asyncio.gather(feed, return_exceptions=True)
 
 
+@pytest.mark.both_stores
 async def test_revoke_on_one_replica_reaches_another_within_a_second(store_url: str) -> None:
     """Two stores on one URL stand for two replicas (two processes in the SQLite case)."""
     a, b = open_store(store_url), open_store(store_url)

@@ -14,6 +14,9 @@ import pytest
 from tests.harness.keys import create_key
 from tests.helpers import ADMIN, TOKEN_PATH, token_status
 
+#: Changes reach other replicas through the store's change feed.
+pytestmark = pytest.mark.both_stores
+
 
 async def poll_until_refused(call: Callable[[], Any], within: float = 1.0) -> float:
     started = time.monotonic()

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from broker.app import create_app
 from broker.keys.policy import poll_identity
 from tests.fake_cube import FakeCube
 from tests.harness.keys import create_key
 from tests.harness.settings import make_settings
 from tests.helpers import TOKEN_PATH, assert_error
+
+#: The limit is the store's bucket, shared by replicas; the poll grace is a store mark.
+pytestmark = pytest.mark.both_stores
 
 
 def test_poll_identity() -> None:

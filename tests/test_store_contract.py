@@ -1,5 +1,5 @@
-"""The :class:`~broker.store.Store` contract, run against every backend through the
-parametrized ``store`` fixture, plus backend-specific durability and outage tests."""
+"""The :class:`~broker.store.Store` contract, run against every backend (the module is
+marked ``both_stores``), plus backend-specific durability and outage tests."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from broker.store.sqlite import SQLiteStore
 from tests.harness.keys import BASE_TIME, make_record
 from tests.harness.redis import RedisServer
 from tests.harness.waiting import wait_until
+
+#: The contract: every backend must pass every test of it that uses a store.
+pytestmark = pytest.mark.both_stores
 
 
 def full_record() -> KeyRecord:

@@ -63,6 +63,7 @@ async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -
         jwt.decode(token, "another-secret-of-at-least-32-bytes!!", algorithms=["HS256"])
 
 
+@pytest.mark.both_stores  # misses go through the store's token cache (L2)
 async def test_same_token_for_same_key_and_model(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
@@ -138,6 +139,7 @@ async def _expire(client: Client, key_id: str) -> None:
     client.app[KEY_CACHE].invalidate(updated.public_id)
 
 
+@pytest.mark.both_stores  # misses go through the store's token cache (L2)
 async def test_fifty_concurrent_cold_requests_mint_once(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
@@ -148,6 +150,7 @@ async def test_fifty_concurrent_cold_requests_mint_once(
     assert minted(client) == 1
 
 
+@pytest.mark.both_stores
 async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str) -> None:
     """Two app instances on one store: concurrent cold misses on both mint exactly once."""
     settings = make_settings(BROKER_STORE=store_url)
@@ -161,6 +164,7 @@ async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str)
     assert (await (await generate(b, key)).json())["token"] in tokens
 
 
+@pytest.mark.both_stores  # the store's keep-until expiry
 async def test_token_near_expiry_is_replaced(aiohttp_client: Any, store_url: str) -> None:
     settings = make_settings(
         BROKER_STORE=store_url, BROKER_TOKEN_TTL="6", BROKER_TOKEN_MIN_REMAINING="4"

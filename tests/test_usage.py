@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from broker.errors import StoreUnavailable
 from broker.keys.usage import UsageRecorder
 from broker.state import STORE, USAGE
@@ -14,6 +16,9 @@ from broker.store import Store
 from broker.support.timeutil import utcnow
 from tests.harness.keys import create_key, make_record
 from tests.helpers import shown_record, token_status
+
+#: Counts written through the store: none lost or doubled on either backend.
+pytestmark = pytest.mark.both_stores
 
 
 async def keys_used(store: Store, uses: list[int]) -> tuple[UsageRecorder, list[str]]:

@@ -13,6 +13,9 @@ from broker.support.timeutil import utcnow
 from tests.harness.keys import create_key, make_record
 from tests.helpers import shown_record, token_status
 
+#: The caps are the store's atomic read-modify-write, across replicas.
+pytestmark = pytest.mark.both_stores
+
 
 def test_virgin_rules() -> None:
     from broker.errors import IPNotAllowed, Unauthorized
