@@ -2,10 +2,10 @@
 real listening process (``python -m broker serve``) and the real Cube server whose
 ``deploy/cube/cube.js`` calls the broker's internal callback.
 
-Order matters: Cube's port is chosen first so the broker can be told where Cube is
-(``BROKER_CUBE_URL``), then the broker starts, then Cube with ``BROKER_INTERNAL_URL``
-pointing at it. The broker's registry is a temporary copy of the ``orders`` model whose
-data source is the private cluster, so tests may edit its files.
+The broker and Cube start in the order they need each other
+(``tests.harness.cube.start_broker_with_cube``). The broker's registry is a temporary copy
+of the ``orders`` model whose data source is the private cluster, so tests may edit its
+files.
 
 Every test under ``tests/e2e`` is marked ``e2e`` here, so ``pytest -m "not e2e"`` leaves
 them out and never starts PostgreSQL or Cube (they start for the first test that needs
@@ -27,11 +27,9 @@ import pytest
 
 from broker.models import load_registry
 from tests.harness import DATA
-from tests.harness.broker import start_broker
-from tests.harness.cube import start_cube
+from tests.harness.cube import start_broker_with_cube
 from tests.harness.http import request_json
 from tests.harness.keys import create_key_at
-from tests.harness.ports import free_port
 from tests.harness.postgres import PostgresServer
 from tests.harness.process import HTTPProcess
 from tests.harness.registry import PASSWORD_VARIABLE, write_registry
@@ -101,15 +99,13 @@ def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
     registry_path = write_registry(
         e2e_workdir, postgres, models=DATA / "models", password_variable=PASSWORD_VARIABLE
     )
-    cube_port = free_port()
-    broker = start_broker(
+    broker, cube = start_broker_with_cube(
         {
             "CUBEJS_API_SECRET": API_SECRET,
             "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
             "ATHENA_KEY_12": ADMIN_KEY,
             "BROKER_STORE": f"sqlite:///{e2e_workdir}/store/broker.db",
             "BROKER_MODELS": str(registry_path),
-            "BROKER_CUBE_URL": f"http://127.0.0.1:{cube_port}",
             "BROKER_LOG_FORMAT": "json",
             "BROKER_SHUTDOWN_GRACE": "2",
             # Model edits (test_through_broker) show within half a second.
@@ -121,22 +117,11 @@ def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
             PASSWORD_VARIABLE: postgres.password,
         },
         e2e_workdir,
+        refresh_interval=1,
     )
-    try:
-        cube = start_cube(
-            api_secret=API_SECRET,
-            broker_url=broker.url,
-            callback_secret=CALLBACK_SECRET,
-            port=cube_port,
-            refresh_interval=1,
-        )
-        try:
-            athena_key, _ = create_key_at(broker.url, ADMIN_KEY, name="e2e")
-            yield Stack(postgres, broker, cube, registry_path, athena_key)
-        finally:
-            cube.stop()
-    finally:
-        broker.stop()
+    with broker, cube:
+        athena_key, _ = create_key_at(broker.url, ADMIN_KEY, name="e2e")
+        yield Stack(postgres, broker, cube, registry_path, athena_key)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.harness import REPO
+from tests.harness.broker import start_broker
 from tests.harness.ports import free_port
 from tests.harness.process import HTTPProcess
 
@@ -102,3 +104,29 @@ def start_cube(
         cube.stop()
         raise
     return cube
+
+
+def start_broker_with_cube(
+    env: Mapping[str, str], workdir: Path, *, refresh_interval: int | None = None
+) -> tuple[HTTPProcess, HTTPProcess]:
+    """The broker (``env`` and ``workdir`` as for :func:`start_broker`) and the real Cube
+    calling it back, both answering; the caller stops both.
+
+    Order matters: Cube's port is chosen first, so the broker is told where Cube is
+    (``BROKER_CUBE_URL``), then the broker starts, then Cube, pointed at the broker with
+    the secrets of ``env`` (``CUBEJS_API_SECRET``, ``BROKER_CALLBACK_SECRET``).
+    """
+    cube_port = free_port()
+    broker = start_broker({**env, "BROKER_CUBE_URL": f"http://127.0.0.1:{cube_port}"}, workdir)
+    try:
+        cube = start_cube(
+            api_secret=env["CUBEJS_API_SECRET"],
+            broker_url=broker.url,
+            callback_secret=env["BROKER_CALLBACK_SECRET"],
+            port=cube_port,
+            refresh_interval=refresh_interval,
+        )
+    except BaseException:
+        broker.stop()
+        raise
+    return broker, cube
