@@ -10,6 +10,7 @@ Tests in such a module that use no store are not repeated.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,26 @@ def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -
     return url
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url)
+@asynccontextmanager
+async def _opened(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
     try:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with _opened(store_url) as s:
+        yield s
+
+
+@pytest.fixture
+async def other_store(store_url: str) -> AsyncIterator[Store]:
+    """A second store on the same storage, as another replica (or the CLI) would open."""
+    async with _opened(store_url) as s:
+        yield s
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -66,16 +66,6 @@ def make_token(public_id: str = "0123456789abcdef", lifetime: int = 3600) -> Min
 
 def count_up(record: KeyRecord) -> KeyRecord:
     return dataclasses.replace(record, request_count=record.request_count + 1)
-
-
-@pytest.fixture
-async def other_store(store_url: str) -> AsyncIterator[Store]:
-    """A second store on the same storage, as another replica (or the CLI) would open."""
-    s = open_store(store_url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 # -- key records -------------------------------------------------------------------------
