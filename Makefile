@@ -11,5 +11,5 @@ run:
 demo:
 	bash scripts/demo.sh
 bench: install
-	.venv/bin/python bench/bench_tokens.py
-	.venv/bin/python bench/bench_proxy.py
+	.venv/bin/python -m bench.bench_tokens
+	.venv/bin/python -m bench.bench_proxy

@@ -3,13 +3,13 @@ sent straight to the upstream, a real Cube and a small fixed-body server.
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_proxy.py [--duration 8] [--rounds 2] [--concurrency 16]
-                                          [--latency-concurrency 1,8]
-                                          [--throughput-concurrency 32]
-                                          [--part all|cube|fixed] [--endpoints meta,load]
-                                          [--store redis|sqlite] [--py-spy DIR]
+    .venv/bin/python -m bench.bench_proxy [--duration 8] [--rounds 2] [--concurrency 16]
+                                         [--latency-concurrency 1,8]
+                                         [--throughput-concurrency 32]
+                                         [--part all|cube|fixed] [--endpoints meta,load]
+                                         [--store redis|sqlite] [--py-spy DIR]
 
-What it does, in one run (every service through ``tests.services``, as ``tests/e2e`` does):
+What it does, in one run (every service through ``tests.harness``, as in ``tests/e2e``):
 
 1. starts a private PostgreSQL with the sample ``orders`` table, a private ``redis-server``
    (not for ``--store sqlite``: a file in a temporary folder), the broker (``python -m
@@ -43,6 +43,7 @@ during its part; the sampling costs the broker, so take the figures of such runs
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -55,27 +56,30 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
-from common import (
+from bench.common import (
     ADMIN_KEY,
-    API_SECRET,
-    CALLBACK_SECRET,
-    ROOT,
     BenchError,
     LoadGenerator,
     RoundResult,
     Totals,
+    broker_env,
     cpu_seconds,
-    free_port,
-    http,
     is_continue_wait,
     machine_busy_seconds,
 )
-
-if TYPE_CHECKING:
-    from tests.services import HTTPProcess
+from tests.harness import DATA, REPO
+from tests.harness.broker import start_broker
+from tests.harness.cube import start_broker_with_cube
+from tests.harness.http import request
+from tests.harness.keys import create_key_at
+from tests.harness.ports import free_port
+from tests.harness.postgres import start_postgres
+from tests.harness.process import HTTPProcess
+from tests.harness.redis import start_redis
+from tests.harness.registry import PASSWORD_VARIABLE, write_registry
 
 MODEL = "orders"
 CUBE_VERSION = "0.33.65"
@@ -146,41 +150,16 @@ class Target:
     pids: dict[str, int]
 
 
-def broker_env(store_url: str, registry: Path, cube_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "CUBEJS_API_SECRET": API_SECRET,
-        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
-        "ATHENA_KEY_12": ADMIN_KEY,
-        "BROKER_STORE": store_url,
-        "BROKER_MODELS": str(registry),
-        "BROKER_CUBE_URL": cube_url,
-        "BROKER_LOG_LEVEL": "WARNING",
-        "BROKER_LOG_FORMAT": "json",
-        **extra,
-    }
-
-
-def start_broker(env: dict[str, str], workdir: Path) -> HTTPProcess:
-    from tests import services
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        return services.start_broker(env, workdir)
-    except RuntimeError as exc:
-        raise BenchError(str(exc)) from None
+def created(folder: Path) -> Path:
+    """``folder``, made if missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def mint_token(broker_url: str) -> str:
-    status, body = http(
-        "POST",
-        broker_url + "/admin/api-keys",
-        headers={"X-API-Key": ADMIN_KEY},
-        body={"name": "bench-proxy", "rights": ["semantic_model.*"]},
-    )
-    if status != 201:
-        raise BenchError(f"creating the key answered {status}: {body[:300]!r}")
-    key = json.loads(body)["api_key"]
-    status, body = http(
+    """A new key's token for the model (the key holds every ``semantic_model`` right)."""
+    key, _ = create_key_at(broker_url, ADMIN_KEY, name="bench-proxy")
+    status, body = request(
         "POST",
         f"{broker_url}/api/v0/semantic-model/{MODEL}/generate-token",
         headers={"X-API-KEY": key},
@@ -199,7 +178,7 @@ def warm_cube(url: str, headers: dict[str, str]) -> tuple[bytes, int]:
     answers = 0
     while True:
         try:
-            status, body = http("GET", url, headers=headers)
+            status, body = request("GET", url, headers=headers)
         except OSError as exc:
             status, body = 0, str(exc).encode()
         if status == 200 and not is_continue_wait(body):
@@ -229,7 +208,7 @@ class PySpy:
     """``py-spy record`` of one process for the life of the block (SIGINT writes it)."""
 
     def __init__(self, pid: int, output: Path) -> None:
-        exe = ROOT / ".venv" / "bin" / "py-spy"
+        exe = REPO / ".venv" / "bin" / "py-spy"
         program = str(exe) if exe.exists() else shutil.which("py-spy")
         if program is None:
             raise BenchError("py-spy is not installed (.venv/bin/pip install py-spy)")
@@ -353,8 +332,6 @@ def compare(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tests import services
-
     endpoints: list[str] = args.endpoints
     query = quote(json.dumps(json.loads(args.query), separators=(",", ":")), safe="")
     paths = {"meta": PATHS["meta"], "load": f"{PATHS['load']}?query={query}"}
@@ -365,45 +342,28 @@ def run(args: argparse.Namespace) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="broker-bench-proxy-"))
         stack.callback(shutil.rmtree, workdir, True)
         if args.store == "redis":
-            redis = services.start_redis()
-            stack.callback(redis.stop)
-            store_url = redis.url
+            store_url = stack.enter_context(start_redis()).url
         else:
             store_url = f"sqlite:///{workdir}/store/broker.db"
 
         gen = LoadGenerator(args.concurrency)
         stack.callback(gen.close)
         token = ""
-        registry_path = ROOT / "config" / "models.yaml"
+        registry_path = REPO / "config" / "models.yaml"
         registry_env: dict[str, str] = {}
 
         if args.part in ("all", "cube"):
-            from tests.e2e.conftest import DATA, PASSWORD_VARIABLE
-
             print("starting PostgreSQL, the broker and Cube ...", flush=True)
-            postgres = services.start_postgres()
-            stack.callback(postgres.stop)
-            registry_path = services.write_registry(
+            postgres = stack.enter_context(start_postgres())
+            registry_path = write_registry(
                 workdir, postgres, models=DATA / "models", password_variable=PASSWORD_VARIABLE
             )
             registry_env = {PASSWORD_VARIABLE: postgres.password}
-            cube_port = free_port()
-            broker = start_broker(
-                broker_env(
-                    store_url, registry_path, f"http://127.0.0.1:{cube_port}", **registry_env
-                ),
-                workdir / "broker-cube",
+            broker, cube = start_broker_with_cube(
+                broker_env(store_url, registry_path, **registry_env),
+                created(workdir / "broker-cube"),
             )
             stack.callback(broker.stop)
-            try:
-                cube = services.start_cube(
-                    api_secret=API_SECRET,
-                    broker_url=broker.url,
-                    callback_secret=CALLBACK_SECRET,
-                    port=cube_port,
-                )
-            except RuntimeError as exc:
-                raise BenchError(f"starting Cube: {exc}") from None
             stack.callback(cube.stop)
             token = mint_token(broker.url)
             headers = {"Authorization": token}
@@ -423,17 +383,8 @@ def run(args: argparse.Namespace) -> int:
                 spy = PySpy(broker.pid, Path(args.py_spy) / "broker-cube.txt")
                 stack.callback(spy.stop)
             for endpoint in endpoints:
-                results.append(
-                    compare(
-                        gen,
-                        Comparison("A", "Cube", endpoint, args.concurrency),
-                        direct,
-                        via,
-                        paths[endpoint],
-                        headers,
-                        args,
-                    )
-                )
+                part_a = Comparison("A", "Cube", endpoint, args.concurrency)
+                results.append(compare(gen, part_a, direct, via, paths[endpoint], headers, args))
             if args.py_spy:
                 spy.stop()
             # Cube, its broker and PostgreSQL are done: give part B the machine.
@@ -449,31 +400,28 @@ def run(args: argparse.Namespace) -> int:
                 bodies[name] = body
                 (body_dir / f"{name}.json").write_bytes(body)
             port = free_port()
-            fixed = services.HTTPProcess(
+            fixed = HTTPProcess(
                 "fixed-upstream",
                 [
-                    *(sys.executable, str(Path(__file__).resolve()), "--serve-fixed"),
+                    *(sys.executable, "-m", "bench.bench_proxy", "--serve-fixed"),
                     *(str(body_dir), "--port", str(port)),
                 ],
-                env=dict(os.environ),
+                env={**os.environ, "PYTHONPATH": str(REPO)},
                 workdir=workdir,
                 port=port,
                 owns_workdir=False,
             )
             stack.callback(fixed.stop)
-            try:
-                fixed.wait_until_answers("/healthz", 30)
-            except RuntimeError as exc:
-                raise BenchError(str(exc)) from None
+            fixed.wait_until_answers("/healthz", 30)
             broker2 = start_broker(
-                broker_env(store_url, registry_path, fixed.url, **registry_env),
-                workdir / "broker-fixed",
+                broker_env(store_url, registry_path, BROKER_CUBE_URL=fixed.url, **registry_env),
+                created(workdir / "broker-fixed"),
             )
             stack.callback(broker2.stop)
             token = token or mint_token(broker2.url)
             headers = {"Authorization": token}
             for endpoint in endpoints:
-                status, got = http("GET", broker2.url + paths[endpoint], headers=headers)
+                status, got = request("GET", broker2.url + paths[endpoint], headers=headers)
                 if status != 200 or got != bodies[endpoint]:
                     raise BenchError(
                         f"/{endpoint} through the second broker answered {status}, "
@@ -484,19 +432,10 @@ def run(args: argparse.Namespace) -> int:
             if args.py_spy:
                 spy2 = PySpy(broker2.pid, Path(args.py_spy) / "broker-fixed.txt")
                 stack.callback(spy2.stop)
-            for conc in [*args.latency_concurrency, args.throughput_concurrency]:
-                for endpoint in endpoints:
-                    results.append(
-                        compare(
-                            gen,
-                            Comparison("B", "fixed", endpoint, conc),
-                            direct,
-                            via,
-                            paths[endpoint],
-                            headers,
-                            args,
-                        )
-                    )
+            concurrencies = [*args.latency_concurrency, args.throughput_concurrency]
+            for conc, endpoint in itertools.product(concurrencies, endpoints):
+                part_b = Comparison("B", "fixed", endpoint, conc)
+                results.append(compare(gen, part_b, direct, via, paths[endpoint], headers, args))
             if args.py_spy:
                 spy2.stop()
 
@@ -670,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupted)
     try:
         return run(args)
-    except (BenchError, RuntimeError) as exc:  # RuntimeError: tests.services failed
+    except (BenchError, RuntimeError) as exc:  # RuntimeError: a tests.harness server failed
         print(f"bench_proxy: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

@@ -2,14 +2,14 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_tokens.py [--duration 10] [--concurrency 32]
+    .venv/bin/python -m bench.bench_tokens [--duration 10] [--concurrency 32]
                                            [--store redis|sqlite] [--no-info-round]
 
 What it does, in one run:
 
-1. starts a private ``redis-server`` (``tests.services.start_redis``; not for
-   ``--store sqlite``, which uses a file in a temporary folder) and the real broker as a
-   subprocess (``python -m broker serve``, ``BROKER_LOG_LEVEL=WARNING``);
+1. starts a private ``redis-server`` (``tests.harness.redis``; not for ``--store sqlite``,
+   which uses a file in a temporary folder) and the real broker as a subprocess
+   (``tests.harness.broker``: ``python -m broker serve``, ``BROKER_LOG_LEVEL=WARNING``);
 2. creates a key with ``semantic_model.token.create`` over the admin API and warms the
    token cache with one ``generate-token``;
 3. starts a bare aiohttp server (``--serve-bare``: this file in another mode) that answers
@@ -41,21 +41,24 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
-from common import (
+from bench.common import (
     ADMIN_KEY,
-    API_SECRET,
-    CALLBACK_SECRET,
-    ROOT,
     BenchError,
     LoadGenerator,
     RoundResult,
-    Server,
     Totals,
-    free_port,
-    http,
+    broker_env,
+    cpu_seconds,
 )
+from broker.keys.rights import TOKEN_CREATE
+from tests.harness import REPO
+from tests.harness.broker import start_broker
+from tests.harness.http import request
+from tests.harness.keys import create_key_at
+from tests.harness.ports import free_port
+from tests.harness.process import HTTPProcess
+from tests.harness.redis import start_redis
 
 MODEL = "orders"
 TOKEN_PATH = f"/api/v0/semantic-model/{MODEL}/generate-token"
@@ -64,37 +67,27 @@ TOKEN_PATH = f"/api/v0/semantic-model/{MODEL}/generate-token"
 # -- helpers ----------------------------------------------------------------------------
 
 
-def start_broker(store_url: str, workdir: Path, log_level: str) -> Server:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "BENCH_PORT": str(port),
-        "BROKER_HOST": "127.0.0.1",
-        "BROKER_PORT": str(port),
-        "CUBEJS_API_SECRET": API_SECRET,
-        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
-        "ATHENA_KEY_12": ADMIN_KEY,
-        "BROKER_STORE": store_url,
-        "BROKER_MODELS": "config/models.yaml",
-        "BROKER_LOG_LEVEL": log_level,
-        "BROKER_LOG_FORMAT": "json",
-    }
-    log = workdir / f"broker-{log_level.lower()}.log"
-    server = Server(f"broker ({log_level})", [sys.executable, "-m", "broker", "serve"], env, log)
-    server.wait_healthy("/healthz")
-    return server
+def launch_broker(store_url: str, workdir: Path, log_level: str) -> HTTPProcess:
+    """The broker on the sample registry, its log in ``workdir/broker-<level>/``."""
+    env = broker_env(store_url, REPO / "config" / "models.yaml", log_level=log_level)
+    folder = workdir / f"broker-{log_level.lower()}"
+    folder.mkdir(exist_ok=True)
+    return start_broker(env, folder)
 
 
-def start_bare(body: bytes, workdir: Path) -> Server:
+def start_bare(body: bytes, workdir: Path) -> HTTPProcess:
     port = free_port()
     body_file = workdir / "bare-body.json"
     body_file.write_bytes(body)
-    env = {**os.environ, "BENCH_PORT": str(port)}
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(body_file)]
-    server = Server("bare aiohttp", argv, env, workdir / "bare.log")
-    server.wait_healthy("/healthz")
-    return server
+    env = {**os.environ, "BENCH_PORT": str(port), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "bench.bench_tokens", "--serve-bare", str(body_file)]
+    bare = HTTPProcess("bare", argv, env=env, workdir=workdir, port=port, owns_workdir=False)
+    try:
+        bare.wait_until_answers("/healthz", 30)
+    except BaseException:
+        bare.stop()
+        raise
+    return bare
 
 
 # -- the bare server --------------------------------------------------------------------
@@ -213,18 +206,18 @@ class StoreMonitor:
 
 def measure(
     gen: LoadGenerator,
-    server: Server,
+    server: HTTPProcess,
     target: str,
     headers: dict[str, str],
     duration: float,
     redis_port: int | None,
 ) -> RoundResult:
     monitor = StoreMonitor(redis_port) if redis_port is not None else None
-    cpu_before = server.cpu()
+    cpu_before = cpu_seconds(server.pid)
     try:
-        result = gen.run(target, "POST", server.base + TOKEN_PATH, headers, duration)
+        result = gen.run(target, "POST", server.url + TOKEN_PATH, headers, duration)
     finally:
-        cpu_after = server.cpu()
+        cpu_after = cpu_seconds(server.pid)
         if monitor is not None:
             monitor.close()
     result.server_cpu = cpu_after - cpu_before
@@ -240,21 +233,8 @@ def measure(
     return result
 
 
-def create_key(broker: Server) -> str:
-    status, body = http(
-        "POST",
-        broker.base + "/admin/api-keys",
-        headers={"X-API-Key": ADMIN_KEY},
-        body={"name": "bench", "rights": ["semantic_model.token.create"]},
-    )
-    if status != 201:
-        raise BenchError(f"creating the key answered {status}: {body[:300]!r}")
-    key: str = json.loads(body)["api_key"]
-    return key
-
-
-def warm(broker: Server, key: str) -> bytes:
-    status, body = http("POST", broker.base + TOKEN_PATH, headers={"X-API-KEY": key})
+def warm(broker: HTTPProcess, key: str) -> bytes:
+    status, body = request("POST", broker.url + TOKEN_PATH, headers={"X-API-KEY": key})
     if status != 200:
         raise BenchError(f"warm-up generate-token answered {status}: {body[:300]!r}")
     return body
@@ -269,24 +249,21 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(shutil.rmtree, workdir, True)
         redis_port: int | None = None
         if args.store == "redis":
-            redis = _start_redis()
-            stack.callback(redis.stop)
+            redis = stack.enter_context(start_redis())
             store_url = redis.url
             redis_port = redis.port
         else:
             store_url = f"sqlite:///{workdir}/store/broker.db"
 
-        broker = start_broker(store_url, workdir, "WARNING")
-        stack.callback(broker.stop)
-        key = create_key(broker)
+        server = stack.enter_context(launch_broker(store_url, workdir, "WARNING"))
+        key, _ = create_key_at(server.url, ADMIN_KEY, name="bench", rights=[TOKEN_CREATE])
         headers = {"X-API-KEY": key}
-        body = warm(broker, key)
-        if warm(broker, key) != body:
+        body = warm(server, key)
+        if warm(server, key) != body:
             raise BenchError("the warm token changed between two calls: the cache is not hit")
 
-        bare = start_bare(body, workdir)
-        stack.callback(bare.stop)
-        status, bare_body = http("POST", bare.base + TOKEN_PATH, headers=headers)
+        bare = stack.enter_context(start_bare(body, workdir))
+        status, bare_body = request("POST", bare.url + TOKEN_PATH, headers=headers)
         if status != 200 or len(bare_body) != len(body):
             raise BenchError(f"bare server answered {status}, {len(bare_body)} bytes")
 
@@ -298,32 +275,25 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         # A short unmeasured round each, so connections are open and code paths warm.
-        gen.run("warm-up bare", "POST", bare.base + TOKEN_PATH, headers, 1.0)
-        gen.run("warm-up broker", "POST", broker.base + TOKEN_PATH, headers, 1.0)
+        gen.run("warm-up bare", "POST", bare.url + TOKEN_PATH, headers, 1.0)
+        gen.run("warm-up broker", "POST", server.url + TOKEN_PATH, headers, 1.0)
 
         bare_totals, broker_totals = Totals(), Totals()
         for _ in range(rounds):
             bare_totals.add(measure(gen, bare, "bare", headers, slice_, None))
-            broker_totals.add(measure(gen, broker, "broker", headers, slice_, redis_port))
+            broker_totals.add(measure(gen, server, "broker", headers, slice_, redis_port))
 
         info_totals: Totals | None = None
         if args.info_round:
-            broker.stop()
-            broker = start_broker(store_url, workdir, "INFO")
-            stack.callback(broker.stop)
+            server.stop()
+            server = stack.enter_context(launch_broker(store_url, workdir, "INFO"))
             info_totals = Totals()
             # Counted too: a fresh process misses its caches on the first request, so
             # this shows that the counter sees round trips when there are some.
-            info_totals.add(measure(gen, broker, "broker (INFO)", headers, slice_, redis_port))
+            info_totals.add(measure(gen, server, "broker (INFO)", headers, slice_, redis_port))
 
         report(args, bare_totals, broker_totals, info_totals, len(body))
     return 0
-
-
-def _start_redis() -> Any:
-    from tests.services import start_redis
-
-    return start_redis()
 
 
 def report(
@@ -423,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration must be > 0, --concurrency and --rounds >= 1")
     try:
         return run(args)
-    except BenchError as exc:
+    except (BenchError, RuntimeError) as exc:  # RuntimeError: a tests.harness server failed
         print(f"bench_tokens: error: {exc}", file=sys.stderr)
         return 1
 

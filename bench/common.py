@@ -1,25 +1,14 @@
-"""What the benchmarks of ``bench/`` share: the error type, small HTTP and ``/proc``
-helpers, a server subprocess, and the load generator (its own process) with the
-per-round results and their totals.
-
-The scripts run as ``python bench/<name>.py``, so this folder is first on ``sys.path``
-and they import this module as ``common``; importing it puts the repository root on
-``sys.path`` too, for ``broker`` and ``tests.services``.
+"""What the benchmarks of ``bench/`` share: the error type, their secrets, ``/proc``
+helpers, and the load generator (its own process) with the per-round results and their
+totals. Servers, ports and HTTP to them come from ``tests.harness``, as in the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -27,14 +16,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 API_SECRET = "bench-api-secret-that-is-long-enough-0123456789"
 CALLBACK_SECRET = "bench-callback-secret-0123456789"
-START_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Cube's answer while a query is still running (SPEC §8 passes it through unchanged).
 CONTINUE_WAIT = b"Continue wait"
@@ -47,11 +31,22 @@ class BenchError(Exception):
 # -- helpers ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def broker_env(
+    store_url: str, models: Path, *, log_level: str = "WARNING", **extra: str
+) -> dict[str, str]:
+    """The environment of a benchmarked broker (``tests.harness.broker.start_broker``):
+    the bench's secrets, ``store_url``, the registry ``models``, JSON logs at
+    ``log_level``, and ``extra`` on top."""
+    return {
+        "CUBEJS_API_SECRET": API_SECRET,
+        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
+        "ATHENA_KEY_12": ADMIN_KEY,
+        "BROKER_STORE": store_url,
+        "BROKER_MODELS": str(models),
+        "BROKER_LOG_LEVEL": log_level,
+        "BROKER_LOG_FORMAT": "json",
+        **extra,
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -67,77 +62,9 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / CLK_TCK
 
 
-def http(
-    method: str, url: str, *, headers: dict[str, str] | None = None, body: Any = None
-) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - our own http://127.0.0.1 URLs
-        url, data=data, method=method, headers=headers or {}
-    )
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local URL
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def is_continue_wait(body: bytes) -> bool:
     """Cube's ``{"error": "Continue wait"}`` (a short answer; never a result)."""
     return len(body) <= 64 and CONTINUE_WAIT in body
-
-
-class Server:
-    """A server subprocess (the broker or the bare app) with its log in ``log_path``."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.port = int(env["BENCH_PORT"])
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def wait_healthy(self, path: str) -> None:
-        """Bounded polling of ``path`` until it answers 200."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise BenchError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.tail()}"
-                )
-            try:
-                status, _ = http("GET", self.base + path)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{self.name} not healthy after {START_TIMEOUT:.0f} s:\n{self.tail()}"
-                )
-            time.sleep(0.05)
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.process.pid)
-
-    def tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 # -- the load generator (its own process) -----------------------------------------------

@@ -1,43 +1,41 @@
-"""Shared fixtures: private service instances (session-scoped), stores, settings, app client."""
+"""Shared fixtures: private service instances (session-scoped), stores, settings, app client.
+
+The store of a test is SQLite (a file in its ``tmp_path``). A test that exercises the
+store's behaviour (atomicity, counts or caches shared by replicas, the change feed) is
+marked ``both_stores``, per test or per module (``pytestmark``): it then runs once on
+SQLite and once on the private Redis, as ``test_x[sqlite]`` and ``test_x[redis]``.
+Tests in such a module that use no store are not repeated.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 from broker.settings import Settings
 from broker.store import Store, open_store
-from tests.services import PostgresServer, RedisServer, start_postgres, start_redis
-
-ADMIN_KEY = "admin-key-for-tests-0123456789abcdef"
-API_SECRET = "test-api-secret-that-is-long-enough-0123456789"
-CALLBACK_SECRET = "callback-secret-for-tests-0123"
-
-AiohttpClient = Callable[..., Any]
+from tests.harness.postgres import PostgresServer, start_postgres
+from tests.harness.redis import RedisServer, start_redis
+from tests.harness.settings import ADMIN_KEY, make_settings
+from tests.helpers import AiohttpClient, Client
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
+    with start_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A private PostgreSQL cluster with ``shop.public.orders`` (see ``tests.services``)."""
-    server = start_postgres()
-    try:
+    """A private PostgreSQL cluster with ``shop.public.orders`` (``tests.harness.postgres``)."""
+    with start_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -47,33 +45,51 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+STORE_KINDS = ("sqlite", "redis")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_stores"
+    ):
+        metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """``sqlite``, or each of :data:`STORE_KINDS` for a test marked ``both_stores``."""
+    kind: str = getattr(request, "param", "sqlite")
+    return kind
+
+
+@pytest.fixture
+def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if store_kind == "sqlite":
         return f"sqlite:///{tmp_path}/store/broker.db"
     url: str = request.getfixturevalue("redis_url")
     return url
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url)
+@asynccontextmanager
+async def _opened(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
     try:
         yield s
     finally:
         await s.close()
 
 
-def make_settings(**overrides: str) -> Settings:
-    env = {
-        "CUBEJS_API_SECRET": API_SECRET,
-        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
-        "ATHENA_KEY_12": ADMIN_KEY,
-        "BROKER_LOG_FORMAT": "json",
-        "BROKER_MODELS": str(Path(__file__).parent / "data" / "models.yaml"),
-    }
-    env.update(overrides)
-    return Settings.load(env)
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with _opened(store_url) as s:
+        yield s
+
+
+@pytest.fixture
+async def other_store(store_url: str) -> AsyncIterator[Store]:
+    """A second store on the same storage, as another replica (or the CLI) would open."""
+    async with _opened(store_url) as s:
+        yield s
 
 
 @pytest.fixture
@@ -82,11 +98,30 @@ def settings(store_url: str) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
-    c: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+async def client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
+    c: Client = await aiohttp_client(create_app(settings))
     return c
 
 
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"X-API-Key": ADMIN_KEY}
+
+
+@pytest.fixture
+def replicas(aiohttp_client: AiohttpClient, store_url: str) -> Callable[..., Any]:
+    """``await replicas(n, **env)``: ``n`` app instances on the test's one store, standing
+    for replicas, with the environment ``env`` on top of the test settings."""
+
+    async def make(n: int = 1, **env: str) -> list[Client]:
+        settings = make_settings(BROKER_STORE=store_url, **env)
+        return [await aiohttp_client(create_app(settings)) for _ in range(n)]
+
+    return make
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may kill without disturbing the others."""
+    with start_redis() as server:
+        yield server

@@ -1,21 +1,27 @@
-"""Helpers shared by the HTTP tests."""
+"""Assertions and small request helpers shared by the HTTP tests (what starts or drives
+real processes, and creates keys, is in ``tests.harness``).
+
+Distinct loopback source addresses (127.0.0.2, 127.0.0.3, …) stand for distinct clients
+(:func:`from_ip`); several app instances on one store stand for replicas (the
+``replicas`` fixture).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
+from tests.harness.settings import ADMIN_KEY
+
 Client = TestClient[Any, Any]
-
-
-async def create(client: Client, admin: dict[str, str], **body: Any) -> dict[str, Any]:
-    body.setdefault("name", "dashboard")
-    resp = await client.post("/admin/api-keys", json=body, headers=admin)
-    assert resp.status == 201, await resp.text()
-    assert resp.headers["Cache-Control"] == "no-store"  # it holds the plaintext key
-    doc: dict[str, Any] = await resp.json()
-    return doc
+#: The type of pytest-aiohttp's ``aiohttp_client`` fixture.
+AiohttpClient = Callable[..., Any]
+ADMIN = {"X-API-Key": ADMIN_KEY}
+TOKEN_PATH = "/api/v0/semantic-model/orders/generate-token"
 
 
 async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
@@ -26,3 +32,26 @@ async def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["error"] == code
     assert isinstance(body["message"], str) and body["message"]
     return body
+
+
+@asynccontextmanager
+async def from_ip(ip: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session whose connections leave from ``ip``."""
+    connector = aiohttp.TCPConnector(local_addr=(ip, 0), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+async def token_status(c: Client, key: str, ip: str = "127.0.0.1", **headers: str) -> int:
+    """The status of ``generate-token`` for ``orders`` with ``key``, asked from ``ip``."""
+    async with (
+        from_ip(ip) as s,
+        s.post(c.make_url(TOKEN_PATH), headers={"X-API-KEY": key, **headers}) as resp,
+    ):
+        return resp.status
+
+
+async def shown_record(c: Client, key_id: str) -> dict[str, Any]:
+    """The key's record as ``GET /admin/api-keys/{id}`` shows it."""
+    doc: dict[str, Any] = await (await c.get(f"/admin/api-keys/{key_id}", headers=ADMIN)).json()
+    return doc

@@ -1,4 +1,4 @@
-"""The admin API (SPEC §4) over HTTP, on both stores."""
+"""The admin API (SPEC §4) over HTTP."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from broker.state import KEY_VERIFIER
-from tests.conftest import ADMIN_KEY
-from tests.helpers import assert_error, create
+from tests.harness.keys import create_key
+from tests.harness.settings import ADMIN_KEY
+from tests.helpers import assert_error
 
 Client = TestClient[Any, Any]
 KEY_RE = re.compile(r"ath_[a-z0-9]{16}\.[A-Za-z0-9_-]{32,}")
@@ -27,8 +28,7 @@ RECORD_FIELDS = {
 async def test_create_returns_key_once_and_full_record(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    doc = await create(client, admin_headers, rights=["semantic_model.*", "custom.thing"])
-    key, record = doc["api_key"], doc["record"]
+    key, record = await create_key(client, rights=["semantic_model.*", "custom.thing"])
     assert KEY_RE.fullmatch(key)
     assert set(record) == RECORD_FIELDS
     assert key.startswith(f"ath_{record['public_id']}.")
@@ -46,7 +46,7 @@ async def test_create_returns_key_once_and_full_record(
 
 
 async def test_show_by_uuid_and_public_id(client: Client, admin_headers: dict[str, str]) -> None:
-    record = (await create(client, admin_headers))["record"]
+    _, record = await create_key(client)
     for ident in (record["id"], record["public_id"]):
         resp = await client.get(f"/admin/api-keys/{ident}", headers=admin_headers)
         assert resp.status == 200
@@ -100,21 +100,17 @@ async def test_create_validation(
 async def test_create_normalizes_ips_and_virgin_ignores_lists(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    rec = (
-        await create(
-            client, admin_headers, ip_whitelist=["10.1.2.3/8", "::1", "192.168.0.1"],
-            ip_blacklist=["2001:DB8::/32"], expires_at="2099-01-01T01:00:00+01:00",
-        )
-    )["record"]  # fmt: skip
+    _, rec = await create_key(
+        client, ip_whitelist=["10.1.2.3/8", "::1", "192.168.0.1"],
+        ip_blacklist=["2001:DB8::/32"], expires_at="2099-01-01T01:00:00+01:00",
+    )  # fmt: skip
     assert rec["ip_whitelist"] == ["10.0.0.0/8", "::1", "192.168.0.1"]
     assert rec["ip_blacklist"] == ["2001:db8::/32"]
     assert rec["expires_at"] == "2099-01-01T00:00:00Z"
-    virgin = (
-        await create(
-            client, admin_headers, virgin_mode=True, max_whitelist_ips=2,
-            ip_whitelist=["10.0.0.1"], ip_blacklist=["10.0.0.2"],
-        )
-    )["record"]  # fmt: skip
+    _, virgin = await create_key(
+        client, virgin_mode=True, max_whitelist_ips=2,
+        ip_whitelist=["10.0.0.1"], ip_blacklist=["10.0.0.2"],
+    )  # fmt: skip
     assert virgin["virgin_mode"] is True
     assert virgin["ip_whitelist"] == [] and virgin["ip_blacklist"] == []
 
@@ -167,7 +163,7 @@ async def test_wrong_admin_key_is_401(client: Client, headers: dict[str, str]) -
 
 async def test_admin_disabled_without_admin_key(aiohttp_client: Any, store_url: str) -> None:
     from broker.app import create_app
-    from tests.conftest import make_settings
+    from tests.harness.settings import make_settings
 
     c = await aiohttp_client(create_app(make_settings(BROKER_STORE=store_url, ATHENA_KEY_12="")))
     resp = await c.get("/admin/api-keys", headers={"X-API-Key": ADMIN_KEY})
@@ -176,7 +172,7 @@ async def test_admin_disabled_without_admin_key(aiohttp_client: Any, store_url: 
 
 async def test_alias_broker_admin_key(aiohttp_client: Any, store_url: str) -> None:
     from broker.app import create_app
-    from tests.conftest import make_settings
+    from tests.harness.settings import make_settings
 
     settings = make_settings(
         BROKER_STORE=store_url, ATHENA_KEY_12="", BROKER_ADMIN_KEY="another-admin-key-0123456789"
@@ -188,10 +184,9 @@ async def test_alias_broker_admin_key(aiohttp_client: Any, store_url: str) -> No
     assert bad.status == 401
 
 
+@pytest.mark.both_stores  # the cursor is the store's sort order
 async def test_list_pagination(client: Client, admin_headers: dict[str, str]) -> None:
-    created = [
-        (await create(client, admin_headers, name=f"k{i}"))["record"]["id"] for i in range(5)
-    ]
+    created = [(await create_key(client, name=f"k{i}"))[1]["id"] for i in range(5)]
     seen: list[str] = []
     cursor: str | None = None
     pages = 0
@@ -219,7 +214,7 @@ async def test_list_bad_parameters(
 
 
 async def test_patch_changes_fields(client: Client, admin_headers: dict[str, str]) -> None:
-    rec = (await create(client, admin_headers))["record"]
+    _, rec = await create_key(client)
     patch = {
         "name": "renamed", "description": "d", "client_name": "acme",
         "rights": ["semantic_model.meta.read:sales"], "ip_blacklist": ["10.0.0.0/8"],
@@ -248,7 +243,7 @@ async def test_patch_changes_fields(client: Client, admin_headers: dict[str, str
 async def test_patch_validation_changes_nothing(
     client: Client, admin_headers: dict[str, str], body: dict[str, Any]
 ) -> None:
-    rec = (await create(client, admin_headers))["record"]
+    _, rec = await create_key(client)
     resp = await client.patch(f"/admin/api-keys/{rec['id']}", json=body, headers=admin_headers)
     await assert_error(resp, 422, "validation_failed")
     shown = await (await client.get(f"/admin/api-keys/{rec['id']}", headers=admin_headers)).json()
@@ -258,7 +253,7 @@ async def test_patch_validation_changes_nothing(
 async def test_patch_virgin_limits_both_zero_refused(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    rec = (await create(client, admin_headers, virgin_mode=True, max_whitelist_ips=3))["record"]
+    _, rec = await create_key(client, virgin_mode=True, max_whitelist_ips=3)
     resp = await client.patch(
         f"/admin/api-keys/{rec['id']}", json={"max_whitelist_ips": 0}, headers=admin_headers
     )
@@ -273,8 +268,7 @@ async def test_patch_unknown_key_is_404(client: Client, admin_headers: dict[str,
 
 
 async def test_revoke_is_final(client: Client, admin_headers: dict[str, str]) -> None:
-    doc = await create(client, admin_headers)
-    rec, key = doc["record"], doc["api_key"]
+    key, rec = await create_key(client)
     resp = await client.delete(f"/admin/api-keys/{rec['id']}", headers=admin_headers)
     assert resp.status == 204
     shown = await (await client.get(f"/admin/api-keys/{rec['id']}", headers=admin_headers)).json()
@@ -297,8 +291,7 @@ async def test_revoke_is_final(client: Client, admin_headers: dict[str, str]) ->
 async def test_rotate_without_grace(client: Client, admin_headers: dict[str, str]) -> None:
     from broker.errors import Unauthorized
 
-    doc = await create(client, admin_headers)
-    old, rec = doc["api_key"], doc["record"]
+    old, rec = await create_key(client)
     resp = await client.post(f"/admin/api-keys/{rec['public_id']}/rotate", headers=admin_headers)
     assert resp.status == 200
     assert resp.headers["Cache-Control"] == "no-store"
@@ -313,17 +306,17 @@ async def test_rotate_without_grace(client: Client, admin_headers: dict[str, str
 
 
 async def test_rotate_with_grace(client: Client, admin_headers: dict[str, str]) -> None:
-    doc = await create(client, admin_headers)
+    old, rec = await create_key(client)
     resp = await client.post(
-        f"/admin/api-keys/{doc['record']['id']}/rotate", json={"grace_seconds": 60},
+        f"/admin/api-keys/{rec['id']}/rotate", json={"grace_seconds": 60},
         headers=admin_headers,
     )  # fmt: skip
     new = (await resp.json())["api_key"]
     verifier = client.app[KEY_VERIFIER]
-    assert (await verifier.authenticate(doc["api_key"])).id == doc["record"]["id"]
-    assert (await verifier.authenticate(new)).id == doc["record"]["id"]
+    assert (await verifier.authenticate(old)).id == rec["id"]
+    assert (await verifier.authenticate(new)).id == rec["id"]
     bad = await client.post(
-        f"/admin/api-keys/{doc['record']['id']}/rotate", json={"grace_seconds": -1},
+        f"/admin/api-keys/{rec['id']}/rotate", json={"grace_seconds": -1},
         headers=admin_headers,
     )  # fmt: skip
     await assert_error(bad, 422, "validation_failed")
@@ -340,9 +333,8 @@ async def test_secrets_never_logged(
     from broker.support.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
-    doc = await create(client, admin_headers)
-    key = doc["api_key"]
-    rid = doc["record"]["id"]
+    key, rec = await create_key(client)
+    rid = rec["id"]
     await client.get(f"/admin/api-keys?api_key={ADMIN_KEY}")
     await client.get(f"/admin/api-keys/{rid}?api_key={key}", headers=admin_headers)
     rotated = await (

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,11 @@ from broker.errors import Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
-from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
-from tests.waiting import refused_within, wait_until
-
-DATA = Path(__file__).parent / "data"
+from tests.harness import DATA
+from tests.harness.keys import create_key_at
+from tests.harness.ports import free_port
+from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
+from tests.harness.waiting import refused_within, wait_until
 
 
 @pytest.fixture
@@ -151,13 +151,6 @@ async def test_cli_revoke_reaches_running_broker_within_a_second(env: dict[str, 
         await store.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_serve_and_sigterm(env: dict[str, str], tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
@@ -279,11 +272,7 @@ async def test_sigterm_lets_in_flight_requests_finish(
                     pass
                 assert proc.returncode is None and time.monotonic() < deadline
                 await asyncio.sleep(0.05)
-            async with s.post(
-                f"{base}/admin/api-keys", json={"name": "t", "rights": ["semantic_model.*"]},
-                headers={"X-API-Key": ADMIN_KEY},
-            ) as r:  # fmt: skip
-                key = (await r.json())["api_key"]
+            key, _ = await asyncio.to_thread(create_key_at, base, ADMIN_KEY, name="t")
             headers = {"X-API-KEY": key, "X-Semantic-Model": "orders"}
             in_flight = asyncio.create_task(s.get(f"{base}/cubejs-api/v1/meta", headers=headers))
             await wait_until(lambda: len(fake.seen) == 1)

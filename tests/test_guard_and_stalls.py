@@ -13,10 +13,11 @@ from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
 from broker.state import STORE
-from tests.conftest import ADMIN_KEY, make_settings
 from tests.fake_cube import FakeCube
+from tests.harness.keys import create_key
+from tests.harness.redis import RedisServer, start_redis
+from tests.harness.settings import ADMIN_KEY, make_settings
 from tests.helpers import assert_error
-from tests.services import RedisServer, start_redis
 
 Client = TestClient[Any, Any]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -26,12 +27,7 @@ SHARED = {"X-Forwarded-For": "203.0.113.7"}
 
 
 async def new_key(c: Client) -> str:
-    resp = await c.post(
-        "/admin/api-keys", json={"name": "k", "rights": ["semantic_model.*"]}, headers=ADMIN
-    )
-    assert resp.status == 201
-    key: str = (await resp.json())["api_key"]
-    return key
+    return (await create_key(c))[0]
 
 
 async def block_shared_address(c: Client) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN_KEY, CALLBACK_SECRET, make_settings
-from tests.helpers import assert_error, create
-from tests.served import Served, read_answer, serve
+from tests.harness.keys import create_key
+from tests.harness.served import Served, read_answer, serve
+from tests.harness.settings import ADMIN_KEY, CALLBACK_SECRET, make_settings
+from tests.helpers import assert_error
 
 Client = TestClient[Any, Any]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -130,8 +131,8 @@ DEEP = {"array": nested(100_000, "["), "object": b'{"a":' * 100_000 + b"1" + b"}
 async def test_deeply_nested_json_is_invalid_json(
     client: Client, admin_headers: dict[str, str], shape: str
 ) -> None:
-    doc = await create(client, admin_headers, rights=["semantic_model.*"])
-    key, public_id = doc["api_key"], doc["record"]["public_id"]
+    key, record = await create_key(client)
+    public_id = record["public_id"]
     deep = DEEP[shape]
     in_query = b'{"query": ' + deep + b"}"
     calls = [
@@ -158,7 +159,7 @@ async def test_expiry_outside_the_calendar_in_utc_is_422(
     )
     body = await assert_error(resp, 422, "validation_failed")
     assert [d["field"] for d in body["details"]] == ["expires_at"]
-    public_id = (await create(client, admin_headers))["record"]["public_id"]
+    public_id = (await create_key(client))[1]["public_id"]
     resp = await client.patch(
         f"/admin/api-keys/{public_id}", json={"expires_at": when}, headers=admin_headers
     )
@@ -179,7 +180,7 @@ async def test_an_integral_number_counts_as_an_integer(
 ) -> None:
     """JSON Schema (and so the OpenAPI document) calls 4.0e8 an integer: the answer is about
     its range, not its type; 3.0 is accepted as 3."""
-    public_id = (await create(client, admin_headers))["record"]["public_id"]
+    public_id = (await create_key(client))[1]["public_id"]
     resp = await client.post(
         f"/admin/api-keys/{public_id}/rotate", json={"grace_seconds": 4.0e8}, headers=admin_headers
     )

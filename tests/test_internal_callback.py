@@ -1,4 +1,4 @@
-"""The internal callback Cube calls (SPEC §7), over HTTP, on both stores."""
+"""The internal callback Cube calls (SPEC §7), over HTTP."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from yarl import URL
 
 from broker.app import create_app
 from broker.state import REGISTRY
-from tests.conftest import CALLBACK_SECRET, AiohttpClient, make_settings
-from tests.helpers import assert_error
+from tests.harness import DATA
+from tests.harness.settings import CALLBACK_SECRET, make_settings
+from tests.helpers import AiohttpClient, assert_error
 
 Client = TestClient[Any, Any]
-DATA = Path(__file__).parent / "data"
 GOOD = {"X-Broker-Callback-Secret": CALLBACK_SECRET}
 ORDERS = {"securityContext": {"model_id": "orders", "schema_hash": "x"}, "dataSource": "default"}
 EXPECTED_CONFIG = {

@@ -14,22 +14,16 @@ from broker.errors import Forbidden, Unauthorized
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
 from broker.keys.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE, grants
-from broker.keys.validation import validate_create
 from broker.keys.verify import KeyVerifier
 from broker.store import Store, open_store
 from broker.support.timeutil import utcnow
-from tests.waiting import refused_within, wait_until
+from tests.harness.keys import add_key
+from tests.harness.waiting import refused_within, wait_until
 
 
 @pytest.fixture
 async def verifier(store: Store) -> KeyVerifier:
     return KeyVerifier(KeyCache(store))
-
-
-async def make_key(store: Store, **body: Any) -> tuple[str, str]:
-    body.setdefault("name", "k")
-    plaintext, record = await KeyAdmin(store).create(validate_create(body))
-    return plaintext, record.id
 
 
 async def reason(coro: Awaitable[Any]) -> str:
@@ -39,8 +33,8 @@ async def reason(coro: Awaitable[Any]) -> str:
 
 
 async def test_valid_key(store: Store, verifier: KeyVerifier) -> None:
-    key, key_id = await make_key(store, rights=[TOKEN_CREATE])
-    assert (await verifier.authorize(key, TOKEN_CREATE, "sales")).id == key_id
+    key, record = await add_key(store, rights=[TOKEN_CREATE])
+    assert (await verifier.authorize(key, TOKEN_CREATE, "sales")).id == record.id
 
 
 @pytest.mark.parametrize(
@@ -60,29 +54,29 @@ async def test_refusals_before_lookup(
 
 
 async def test_wrong_secret_by_one_character(store: Store, verifier: KeyVerifier) -> None:
-    key, _ = await make_key(store)
+    key, _ = await add_key(store)
     last = "A" if key[-1] != "A" else "B"
     assert await reason(verifier.authenticate(key[:-1] + last)) == "wrong_secret"
 
 
 async def test_inactive_expired_revoked(store: Store) -> None:
     admin = KeyAdmin(store)
-    key, key_id = await make_key(store)
-    await admin.update(key_id, {"is_active": False})
+    key, record = await add_key(store)
+    await admin.update(record.id, {"is_active": False})
     assert await reason(KeyVerifier(KeyCache(store)).authenticate(key)) == "inactive"
-    await admin.update(key_id, {"is_active": True})
+    await admin.update(record.id, {"is_active": True})
     await store.update_key(
-        key_id, lambda r: dataclasses.replace(r, expires_at=utcnow() - timedelta(seconds=1))
+        record.id, lambda r: dataclasses.replace(r, expires_at=utcnow() - timedelta(seconds=1))
     )
     assert await reason(KeyVerifier(KeyCache(store)).authenticate(key)) == "expired"
-    await admin.revoke(key_id)
+    await admin.revoke(record.id)
     assert await reason(KeyVerifier(KeyCache(store)).authenticate(key)) == "revoked"
 
 
 async def test_missing_and_wrong_scope_rights_are_forbidden(
     store: Store, verifier: KeyVerifier
 ) -> None:
-    key, _ = await make_key(store, rights=[f"{META_READ}:sales", "something.else"])
+    key, _ = await add_key(store, rights=[f"{META_READ}:sales", "something.else"])
     await verifier.authorize(key, META_READ, "sales")
     with pytest.raises(Forbidden):
         await verifier.authorize(key, META_READ, "marketing")
@@ -110,7 +104,7 @@ def test_grants(rights: list[str], needed: str, asset: str | None, granted: bool
 
 
 async def test_cache_serves_without_store_round_trip(store: Store) -> None:
-    key, _ = await make_key(store)
+    key, _ = await add_key(store)
     cache = KeyCache(store)
     feed = asyncio.create_task(cache.follow_changes(0.05))
     try:
@@ -136,7 +130,7 @@ async def test_cache_serves_without_store_round_trip(store: Store) -> None:
 
 
 async def test_concurrent_misses_share_one_lookup(store: Store) -> None:
-    key, _ = await make_key(store)
+    key, _ = await add_key(store)
     cache = KeyCache(store)
     calls = 0
     real = store.find_key
@@ -154,7 +148,7 @@ async def test_concurrent_misses_share_one_lookup(store: Store) -> None:
 
 async def test_a_stalled_feed_stops_the_cache_vouching_within_a_second(store: Store) -> None:
     """A partitioned store never answers the poll: the cache must stop trusting itself."""
-    key, key_id = await make_key(store, rights=[TOKEN_CREATE])
+    key, record = await add_key(store, rights=[TOKEN_CREATE])
     cache = KeyCache(store)
     stalled = asyncio.Event()
     real_changes = store.key_changes
@@ -171,7 +165,7 @@ async def test_a_stalled_feed_stops_the_cache_vouching_within_a_second(store: St
         await wait_until(lambda: cache.live)
         await verifier.authenticate(key)
         stalled.set()
-        await KeyAdmin(store).revoke(key_id)  # behind the cache's back: no feed will say so
+        await KeyAdmin(store).revoke(record.id)  # behind the cache's back: no feed will say so
         refused = await refused_within(lambda: verifier.authenticate(key), Unauthorized, 1.0)
         assert refused.reason == "revoked"
     finally:
@@ -179,17 +173,18 @@ async def test_a_stalled_feed_stops_the_cache_vouching_within_a_second(store: St
         await asyncio.gather(feed, return_exceptions=True)
 
 
+@pytest.mark.both_stores
 async def test_revoke_on_one_replica_reaches_another_within_a_second(store_url: str) -> None:
     """Two stores on one URL stand for two replicas (two processes in the SQLite case)."""
     a, b = open_store(store_url), open_store(store_url)
     cache_b = KeyCache(b)
     feed = asyncio.create_task(cache_b.follow_changes())
     try:
-        key, key_id = await make_key(a, rights=[TOKEN_CREATE])
+        key, record = await add_key(a, rights=[TOKEN_CREATE])
         verifier_b = KeyVerifier(cache_b)
         await wait_until(lambda: cache_b.live)
         await verifier_b.authenticate(key)
-        await KeyAdmin(a).revoke(key_id)
+        await KeyAdmin(a).revoke(record.id)
         refused = await refused_within(lambda: verifier_b.authenticate(key), Unauthorized, 1.0)
         assert refused.reason == "revoked"
     finally:

@@ -21,11 +21,12 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
-from tests.services import HTTPProcess, start_broker
+from tests.harness import DATA
+from tests.harness.broker import start_broker
+from tests.harness.process import HTTPProcess
+from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 
 EXAMPLES = 20
-DATA = Path(__file__).parent / "data" / "models.yaml"
 
 
 class _FixedCube(http.server.BaseHTTPRequestHandler):
@@ -64,7 +65,7 @@ def broker(tmp_path: Path, cube_url: str) -> Iterator[HTTPProcess]:
         "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
         "ATHENA_KEY_12": ADMIN_KEY,
         "BROKER_STORE": f"sqlite:///{tmp_path}/broker.db",
-        "BROKER_MODELS": str(DATA),
+        "BROKER_MODELS": str(DATA / "models.yaml"),
         "BROKER_CUBE_URL": cube_url,
         # every generated request comes from 127.0.0.1, many of them without a credential
         "BROKER_BRUTE_FORCE_LIMIT": "1000000",

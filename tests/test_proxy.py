@@ -25,9 +25,11 @@ from yarl import URL
 from broker.app import create_app
 from broker.state import STORE
 from broker.store import MintedToken
-from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
 from tests.fake_cube import FakeCube, raw_upstream
-from tests.helpers import Client, assert_error, create
+from tests.harness.keys import create_key
+from tests.harness.ports import free_port
+from tests.harness.settings import ADMIN_KEY, API_SECRET, make_settings
+from tests.helpers import Client, assert_error
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 ALL = ["semantic_model.*"]
@@ -62,12 +64,11 @@ async def broker(aiohttp_client: Any, broker_env: dict[str, str]) -> Client:
 
 
 async def token_for(c: Client, rights: list[str] = ALL) -> tuple[str, str]:
-    doc = await create(c, ADMIN, rights=rights)
-    resp = await c.post(
-        "/api/v0/semantic-model/orders/generate-token", headers={"X-API-KEY": doc["api_key"]}
-    )
+    """A new key's token for ``orders``, and the key."""
+    key, _ = await create_key(c, rights=rights)
+    resp = await c.post("/api/v0/semantic-model/orders/generate-token", headers={"X-API-KEY": key})
     body = await resp.json()
-    return body["token"], doc["api_key"]
+    return body["token"], key
 
 
 @pytest.mark.parametrize("prefix", ["", "Bearer "])
@@ -128,7 +129,7 @@ async def test_key_mode_attaches_the_token(broker: Client, fake: FakeCube, how: 
 
 
 async def test_key_mode_refusals(broker: Client) -> None:
-    reader = (await create(broker, ADMIN, rights=["semantic_model.meta.read"]))["api_key"]
+    reader, _ = await create_key(broker, rights=["semantic_model.meta.read"])
     await assert_error(
         await broker.get("/cubejs-api/v1/meta", headers={"X-API-KEY": reader}), 400, "bad_request"
     )
@@ -396,11 +397,7 @@ async def test_unlisted_paths_are_404(broker: Client, path: str) -> None:
 
 
 async def test_cube_down_is_502(aiohttp_client: Any, broker_env: dict[str, str]) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     c = await aiohttp_client(
         create_app(make_settings(**{**broker_env, "BROKER_CUBE_URL": f"http://127.0.0.1:{port}"}))
     )

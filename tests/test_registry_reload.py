@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from broker.models import Registry, RegistryWatcher, load_registry
+from tests.harness.waiting import wait_until
 
 REGISTRY = """\
 models:
@@ -52,16 +53,6 @@ async def watcher(registry_path: Path) -> AsyncIterator[RegistryWatcher]:
             await task
 
 
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait until ``condition()`` holds, failing after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
-
-
 def write(path: Path, text: str) -> None:
     """A small synchronous edit, as an operator or the kubelet would make it."""
     path.write_text(text)
@@ -83,7 +74,7 @@ async def test_editing_a_model_file_changes_the_hash(
         "cubes:\n  - name: orders\n    sql_table: public.orders\n",
     )
 
-    await eventually(lambda: orders_hash(watcher.current) != before)
+    await wait_until(lambda: orders_hash(watcher.current) != before)
     assert watcher.last_error is None
 
 
@@ -95,13 +86,13 @@ async def test_adding_and_removing_a_file_changes_the_hash(
     extra.parent.mkdir()
 
     write(extra, "cube(`items`, {});\n")
-    await eventually(lambda: orders_hash(watcher.current) != before)
+    await wait_until(lambda: orders_hash(watcher.current) != before)
     model = watcher.current.get("orders")
     assert model is not None
     assert [f.path for f in model.files] == ["orders.yml", "sub/items.js"]
 
     extra.unlink()
-    await eventually(lambda: orders_hash(watcher.current) == before)
+    await wait_until(lambda: orders_hash(watcher.current) == before)
 
 
 async def test_adding_a_model_to_the_registry(
@@ -112,7 +103,7 @@ async def test_adding_a_model_to_the_registry(
 
     write(registry_path, REGISTRY + SECOND_MODEL)
 
-    await eventually(lambda: watcher.current.get("items") is not None)
+    await wait_until(lambda: watcher.current.get("items") is not None)
     assert [m.asset_id for m in watcher.current] == ["orders", "items"]
 
 
@@ -123,7 +114,7 @@ async def test_invalid_registry_keeps_the_last_good_one(
     caplog.set_level(logging.ERROR, logger="broker.models")
 
     write(registry_path, REGISTRY.replace("port: 5432", "port: 0"))
-    await eventually(lambda: watcher.last_error is not None)
+    await wait_until(lambda: watcher.last_error is not None)
 
     assert watcher.current is good
     assert watcher.last_error is not None
@@ -131,7 +122,7 @@ async def test_invalid_registry_keeps_the_last_good_one(
     assert any("keeping the last good one" in r.getMessage() for r in caplog.records)
 
     write(registry_path, REGISTRY)
-    await eventually(lambda: watcher.last_error is None)
+    await wait_until(lambda: watcher.last_error is None)
     assert watcher.current is not good
     assert orders_hash(watcher.current) == orders_hash(good)
 
@@ -144,7 +135,7 @@ async def test_escaping_link_added_later_is_refused(
 
     (registry_path.parent / "models" / "orders" / "evil.yml").symlink_to("../../../outside.yml")
 
-    await eventually(lambda: watcher.last_error is not None)
+    await wait_until(lambda: watcher.last_error is not None)
     assert "model 'orders': schema_dir: models/orders/evil.yml: symlink points outside" in str(
         watcher.last_error
     )
@@ -169,7 +160,7 @@ async def test_configmap_update_is_seen(tmp_path: Path) -> None:
         (mount / "..data_tmp").symlink_to("..v2")
         os.replace(mount / "..data_tmp", mount / "..data")
 
-        await eventually(lambda: orders_hash(watcher.current) != before)
+        await wait_until(lambda: orders_hash(watcher.current) != before)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -220,7 +211,7 @@ async def test_request_reload_wakes_the_loop_at_once(registry_path: Path) -> Non
 
         watcher.request_reload()
 
-        await eventually(lambda: orders_hash(watcher.current) != before)
+        await wait_until(lambda: orders_hash(watcher.current) != before)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from broker.state import BODIES, METRICS
-from tests.conftest import ADMIN_KEY, make_settings
-from tests.served import Served, read_answer, serve
-from tests.waiting import wait_until
+from tests.harness.served import Served, read_answer, serve
+from tests.harness.settings import ADMIN_KEY, make_settings
+from tests.harness.waiting import wait_until
 
 ADMIN = {"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"}
 ALMOST_1_MIB = str(1024 * 1024 - 1)

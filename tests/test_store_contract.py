@@ -1,5 +1,5 @@
-"""The :class:`~broker.store.Store` contract, run against every backend through the
-parametrized ``store`` fixture, plus backend-specific durability and outage tests."""
+"""The :class:`~broker.store.Store` contract, run against every backend (the module is
+marked ``both_stores``), plus backend-specific durability and outage tests."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,20 +23,12 @@ from broker.store.base import KeyChanges
 from broker.store.common import encode_record
 from broker.store.redis import RedisStore
 from broker.store.sqlite import SQLiteStore
-from tests.services import RedisServer, start_redis
+from tests.harness.keys import BASE_TIME, make_record
+from tests.harness.redis import RedisServer
+from tests.harness.waiting import wait_until
 
-BASE_TIME = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-
-
-def make_record(n: int = 0, **changes: Any) -> KeyRecord:
-    record = KeyRecord(
-        id=str(uuid.uuid4()),
-        public_id=secrets.token_hex(8),
-        name=f"key {n}",
-        created_at=BASE_TIME + timedelta(seconds=n),
-        secret_digest=secrets.token_hex(32),
-    )
-    return dataclasses.replace(record, **changes)
+#: The contract: every backend must pass every test of it that uses a store.
+pytestmark = pytest.mark.both_stores
 
 
 def full_record() -> KeyRecord:
@@ -75,25 +66,6 @@ def make_token(public_id: str = "0123456789abcdef", lifetime: int = 3600) -> Min
 
 def count_up(record: KeyRecord) -> KeyRecord:
     return dataclasses.replace(record, request_count=record.request_count + 1)
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition still false after {within} s")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def other_store(store_url: str) -> AsyncIterator[Store]:
-    """A second store on the same storage, as another replica (or the CLI) would open."""
-    s = open_store(store_url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 # -- key records -------------------------------------------------------------------------
@@ -349,7 +321,7 @@ async def test_cached_token_is_gone_after_keep_until_and_can_be_replaced(store: 
     async def gone() -> bool:
         return await store.get_token("k") is None
 
-    await eventually(gone)
+    await wait_until(gone)
     assert await store.add_token("k", second, time.time() + 60) == second
     assert await store.get_token("k") == second
 
@@ -364,7 +336,7 @@ async def test_token_owner_until_the_token_expires(store: Store) -> None:
     async def forgotten() -> bool:
         return await store.token_owner(token.jti) is None
 
-    await eventually(forgotten)
+    await wait_until(forgotten)
 
 
 async def test_ping_answers(store: Store) -> None:
@@ -490,16 +462,6 @@ async def test_sqlite_closed_store_is_unavailable(sqlite_path: Path) -> None:
 
 
 # -- Redis outage ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may kill without disturbing the others."""
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_a_flushed_redis_tells_feed_readers_to_reset(private_redis: RedisServer) -> None:

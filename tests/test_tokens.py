@@ -17,24 +17,19 @@ import pytest
 
 from broker.app import create_app
 from broker.errors import Unauthorized
+from broker.keys.rights import TOKEN_CREATE
 from broker.state import METRICS, REGISTRY, STORE, TOKEN_VERIFIER
-from tests.conftest import ADMIN_KEY, API_SECRET, make_settings
-from tests.helpers import Client, assert_error, create
+from tests.harness import DATA
+from tests.harness.keys import create_key
+from tests.harness.settings import API_SECRET, make_settings
+from tests.helpers import Client, assert_error
 
-DATA = Path(__file__).parent / "data"
 URL = "/api/v0/semantic-model/{}/generate-token"
-ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 def minted(client: Client) -> float:
     value = client.app[METRICS].registry.get_sample_value("broker_tokens_minted_total")
     return value or 0.0
-
-
-async def key_for(client: Client, admin: dict[str, str], rights: list[str] | None = None) -> str:
-    doc = await create(client, admin, rights=rights or ["semantic_model.token.create"])
-    key: str = doc["api_key"]
-    return key
 
 
 async def generate(client: Client, key: str, asset: str = "orders", bearer: bool = False) -> Any:
@@ -43,7 +38,7 @@ async def generate(client: Client, key: str, asset: str = "orders", bearer: bool
 
 
 async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     resp = await generate(client, key)
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -72,14 +67,15 @@ async def test_token_and_claims(client: Client, admin_headers: dict[str, str]) -
         jwt.decode(token, "another-secret-of-at-least-32-bytes!!", algorithms=["HS256"])
 
 
+@pytest.mark.both_stores  # misses go through the store's token cache (L2)
 async def test_same_token_for_same_key_and_model(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     first = await (await generate(client, key)).json()
     second = await (await generate(client, key, bearer=True)).json()
     assert first == second
-    other = await key_for(client, admin_headers)
+    other, _ = await create_key(client, rights=[TOKEN_CREATE])
     third = await (await generate(client, other)).json()
     assert third["token"] != first["token"]
     assert minted(client) == 2
@@ -91,21 +87,21 @@ async def test_public_url_setting(aiohttp_client: Any, store_url: str) -> None:
             make_settings(BROKER_STORE=store_url, BROKER_PUBLIC_URL="https://bi.example.com/")
         )
     )
-    key = await key_for(c, ADMIN)
+    key, _ = await create_key(c, rights=[TOKEN_CREATE])
     body = await (await generate(c, key)).json()
     assert body["cube_url"] == "https://bi.example.com/cubejs-api/v1"
 
 
 async def test_rights(client: Client, admin_headers: dict[str, str]) -> None:
-    scoped = await key_for(client, admin_headers, ["semantic_model.token.create:orders"])
+    scoped, _ = await create_key(client, rights=["semantic_model.token.create:orders"])
     assert (await generate(client, scoped)).status == 200
-    star = await key_for(client, admin_headers, ["semantic_model.*:orders"])
+    star, _ = await create_key(client, rights=["semantic_model.*:orders"])
     assert (await generate(client, star)).status == 200
-    wrong_scope = await key_for(client, admin_headers, ["semantic_model.token.create:sales"])
+    wrong_scope, _ = await create_key(client, rights=["semantic_model.token.create:sales"])
     await assert_error(await generate(client, wrong_scope), 403, "forbidden")
-    no_right = await key_for(client, admin_headers, ["semantic_model.meta.read"])
+    no_right, _ = await create_key(client, rights=["semantic_model.meta.read"])
     await assert_error(await generate(client, no_right), 403, "forbidden")
-    unscoped = await key_for(client, admin_headers)
+    unscoped, _ = await create_key(client, rights=[TOKEN_CREATE])
     await assert_error(await generate(client, unscoped, asset="nope"), 404, "not_found")
 
 
@@ -113,8 +109,8 @@ async def test_rights(client: Client, admin_headers: dict[str, str]) -> None:
 async def test_refused_keys_are_401_before_404(
     client: Client, admin_headers: dict[str, str], state: str
 ) -> None:
-    doc = await create(client, admin_headers, rights=["semantic_model.*"])
-    key, rid = doc["api_key"], doc["record"]["id"]
+    key, record = await create_key(client)
+    rid = record["id"]
     if state == "wrong":
         key = key[:-1] + ("A" if key[-1] != "A" else "B")
     elif state == "inactive":
@@ -147,23 +143,24 @@ async def _expire(client: Client, key_id: str) -> None:
     client.app[KEY_CACHE].invalidate(updated.public_id)
 
 
+@pytest.mark.both_stores  # misses go through the store's token cache (L2)
 async def test_fifty_concurrent_cold_requests_mint_once(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     responses = await asyncio.gather(*(generate(client, key) for _ in range(50)))
     tokens = {(await r.json())["token"] for r in responses}
     assert len(tokens) == 1
     assert minted(client) == 1
 
 
+@pytest.mark.both_stores
 async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str) -> None:
     """Two app instances on one store: concurrent cold misses on both mint exactly once."""
     settings = make_settings(BROKER_STORE=store_url)
     a = await aiohttp_client(create_app(settings))
     b = await aiohttp_client(create_app(settings))
-    admin = ADMIN
-    key = await key_for(a, admin)
+    key, _ = await create_key(a, rights=[TOKEN_CREATE])
     responses = await asyncio.gather(*(generate(c, key) for c in [a, b] * 25))
     tokens = {(await r.json())["token"] for r in responses}
     assert len(tokens) == 1
@@ -171,6 +168,7 @@ async def test_two_replicas_share_one_token(aiohttp_client: Any, store_url: str)
     assert (await (await generate(b, key)).json())["token"] in tokens
 
 
+@pytest.mark.both_stores  # replicas sharing the store's token cache
 async def test_after_a_rotation_no_replica_hands_out_a_token_of_the_old_secret(
     aiohttp_client: Any, store_url: str
 ) -> None:
@@ -181,7 +179,7 @@ async def test_after_a_rotation_no_replica_hands_out_a_token_of_the_old_secret(
     before = await aiohttp_client(
         create_app(make_settings(BROKER_STORE=store_url, CUBEJS_API_SECRET=old))
     )
-    key = await key_for(before, ADMIN)
+    key, _ = await create_key(before, rights=[TOKEN_CREATE])
     old_token = (await (await generate(before, key)).json())["token"]
     rotated = make_settings(BROKER_STORE=store_url, CUBEJS_API_SECRET=new, CUBEJS_API_SECRETS=old)
     a = await aiohttp_client(create_app(rotated))
@@ -207,7 +205,7 @@ async def test_after_a_rotation_no_replica_hands_out_a_token_of_the_old_secret(
 async def test_a_token_of_an_unknown_kid_is_refused(
     client: Client, admin_headers: dict[str, str]
 ) -> None:
-    key = await key_for(client, admin_headers)
+    key, _ = await create_key(client, rights=[TOKEN_CREATE])
     token = (await (await generate(client, key)).json())["token"]
     claims = jwt.decode(token, API_SECRET, algorithms=["HS256"])
     forged = jwt.encode(claims, API_SECRET, algorithm="HS256", headers={"kid": "0123456789abcdef"})
@@ -218,12 +216,13 @@ async def test_a_token_of_an_unknown_kid_is_refused(
     assert verified.jti == claims["jti"]
 
 
+@pytest.mark.both_stores  # the store's keep-until expiry
 async def test_token_near_expiry_is_replaced(aiohttp_client: Any, store_url: str) -> None:
     settings = make_settings(
         BROKER_STORE=store_url, BROKER_TOKEN_TTL="6", BROKER_TOKEN_MIN_REMAINING="4"
     )
     c = await aiohttp_client(create_app(settings))
-    key = await key_for(c, ADMIN)
+    key, _ = await create_key(c, rights=[TOKEN_CREATE])
     first = await (await generate(c, key)).json()
     first_exp = jwt.decode(first["token"], API_SECRET, algorithms=["HS256"])["exp"]
     deadline = time.monotonic() + 10
@@ -249,7 +248,7 @@ async def test_schema_change_gives_a_new_token(
         BROKER_STORE=store_url, BROKER_MODELS=str(tmp_path / "data" / "models.yaml")
     )
     c = await aiohttp_client(create_app(settings))
-    key = await key_for(c, ADMIN)
+    key, _ = await create_key(c, rights=[TOKEN_CREATE])
     before = await (await generate(c, key)).json()
     model_file = tmp_path / "data" / "models" / "orders" / "orders.yml"
     model_file.write_text(model_file.read_text() + "\n# a change\n")

@@ -1,5 +1,5 @@
 """Batched usage counts (broker.keys.usage) on both stores: nothing lost, nothing counted twice,
-and a shutdown that does not hang on an unreachable store."""
+kept off the change feed, and a shutdown that does not hang on an unreachable store."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from broker.errors import StoreUnavailable
 from broker.keys.usage import UsageRecorder
+from broker.state import STORE, USAGE
 from broker.store import Store
 from broker.support.timeutil import utcnow
-from tests.test_store_contract import make_record
+from tests.harness.keys import create_key, make_record
+from tests.helpers import shown_record, token_status
+
+#: Counts written through the store: none lost or doubled on either backend.
+pytestmark = pytest.mark.both_stores
 
 
 async def keys_used(store: Store, uses: list[int]) -> tuple[UsageRecorder, list[str]]:
@@ -76,3 +83,16 @@ async def test_shutdown_does_not_hang_on_an_unanswering_store(store: Store) -> N
     run.cancel()
     await asyncio.gather(run, return_exceptions=True)
     assert time.monotonic() - started < 2
+
+
+async def test_usage_counts_are_batched(replicas: Any) -> None:
+    (c,) = await replicas()
+    key, created = await create_key(c)
+    for _ in range(4):
+        assert await token_status(c, key) == 200
+    feed = await c.app[STORE].key_changes(None)
+    await c.app[USAGE].flush()
+    rec = await shown_record(c, created["id"])
+    assert rec["request_count"] == 4 and rec["last_used_at"] is not None
+    # not announced: other replicas need not re-read the key for its counts
+    assert (await c.app[STORE].key_changes(feed.seq)).public_ids == ()

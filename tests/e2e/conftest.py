@@ -2,16 +2,18 @@
 real listening process (``python -m broker serve``) and the real Cube server whose
 ``deploy/cube/cube.js`` calls the broker's internal callback.
 
-Order matters: Cube's port is chosen first so the broker can be told where Cube is
-(``BROKER_CUBE_URL``), then the broker starts, then Cube with ``BROKER_INTERNAL_URL``
-pointing at it. The broker's registry is a temporary copy of the ``orders`` model whose
-data source is the private cluster, so tests may edit its files.
+The broker and Cube start in the order they need each other
+(``tests.harness.cube.start_broker_with_cube``). The broker's registry is a temporary copy
+of the ``orders`` model whose data source is the private cluster, so tests may edit its
+files.
+
+Every test under ``tests/e2e`` is marked ``e2e`` here, so ``pytest -m "not e2e"`` leaves
+them out and never starts PostgreSQL or Cube (they start for the first test that needs
+them).
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import shutil
 import tempfile
 import time
@@ -19,26 +21,19 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import pytest
 
 from broker.models import load_registry
-from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
-from tests.services import (
-    HTTPProcess,
-    PostgresServer,
-    free_port,
-    start_broker,
-    start_cube,
-    write_registry,
-)
-
-DATA = Path(__file__).parent.parent / "data"
-#: The environment variable through which the e2e broker gets the database password.
-PASSWORD_VARIABLE = "E2E_ORDERS_DB_PASSWORD"
+from tests.harness import DATA
+from tests.harness.cube import start_broker_with_cube
+from tests.harness.http import request_json
+from tests.harness.keys import create_key_at
+from tests.harness.postgres import PostgresServer
+from tests.harness.process import HTTPProcess
+from tests.harness.registry import PASSWORD_VARIABLE, write_registry
+from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,7 @@ class Stack:
 
     def cube_token(self, model_id: str = "orders") -> str:
         """A token minted by the broker (``generate-token`` with :attr:`athena_key`)."""
-        status, body = http_json(
+        status, body = request_json(
             "POST",
             f"{self.broker.url}/api/v0/semantic-model/{model_id}/generate-token",
             headers={"X-API-Key": self.athena_key},
@@ -80,24 +75,14 @@ class Stack:
         return jwt.encode(claims, API_SECRET, algorithm="HS256")
 
 
-def http_json(
-    method: str, url: str, body: object = None, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    """One blocking HTTP request with an optional JSON body; the status and parsed JSON.
+_HERE = Path(__file__).resolve().parent
 
-    Blocking is harmless here: the servers are other processes.
-    """
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        payload = None if body is None else json.dumps(body).encode()
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        connection.request(method, parts.path, body=payload, headers=all_headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        connection.close()
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -114,15 +99,13 @@ def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
     registry_path = write_registry(
         e2e_workdir, postgres, models=DATA / "models", password_variable=PASSWORD_VARIABLE
     )
-    cube_port = free_port()
-    broker = start_broker(
+    broker, cube = start_broker_with_cube(
         {
             "CUBEJS_API_SECRET": API_SECRET,
             "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
             "ATHENA_KEY_12": ADMIN_KEY,
             "BROKER_STORE": f"sqlite:///{e2e_workdir}/store/broker.db",
             "BROKER_MODELS": str(registry_path),
-            "BROKER_CUBE_URL": f"http://127.0.0.1:{cube_port}",
             "BROKER_LOG_FORMAT": "json",
             "BROKER_SHUTDOWN_GRACE": "2",
             # Model edits (test_through_broker) show within half a second.
@@ -134,28 +117,11 @@ def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
             PASSWORD_VARIABLE: postgres.password,
         },
         e2e_workdir,
+        refresh_interval=1,
     )
-    try:
-        cube = start_cube(
-            api_secret=API_SECRET,
-            broker_url=broker.url,
-            callback_secret=CALLBACK_SECRET,
-            port=cube_port,
-            refresh_interval=1,
-        )
-        try:
-            status, created = http_json(
-                "POST",
-                f"{broker.url}/admin/api-keys",
-                {"name": "e2e", "rights": ["semantic_model.*"]},
-                headers={"X-API-Key": ADMIN_KEY},
-            )
-            assert status == 201, created
-            yield Stack(postgres, broker, cube, registry_path, created["api_key"])
-        finally:
-            cube.stop()
-    finally:
-        broker.stop()
+    with broker, cube:
+        athena_key, _ = create_key_at(broker.url, ADMIN_KEY, name="e2e")
+        yield Stack(postgres, broker, cube, registry_path, athena_key)
 
 
 @pytest.fixture(scope="session")

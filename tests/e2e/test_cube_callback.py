@@ -16,9 +16,11 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from tests.conftest import API_SECRET, CALLBACK_SECRET
 from tests.e2e.conftest import Stack
-from tests.services import ORDERS_COUNT, ORDERS_ROWS, ORDERS_TOTAL, HTTPProcess, start_cube
+from tests.harness.cube import start_cube
+from tests.harness.postgres import ORDERS_COUNT, ORDERS_ROWS, ORDERS_TOTAL
+from tests.harness.process import HTTPProcess
+from tests.harness.settings import API_SECRET, CALLBACK_SECRET
 
 #: The session's stack starts within the first test: PostgreSQL, the broker and Cube.
 pytestmark = pytest.mark.timeout(240)

@@ -19,17 +19,15 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.conftest import ADMIN_KEY, CALLBACK_SECRET
-from tests.e2e.conftest import DATA, PASSWORD_VARIABLE, http_json
-from tests.services import (
-    ORDERS_COUNT,
-    HTTPProcess,
-    PostgresServer,
-    free_port,
-    start_broker,
-    start_cube,
-    write_registry,
-)
+from tests.harness import DATA
+from tests.harness.broker import start_broker
+from tests.harness.cube import start_cube
+from tests.harness.http import request_json as http_json
+from tests.harness.ports import free_port
+from tests.harness.postgres import ORDERS_COUNT, PostgresServer
+from tests.harness.process import HTTPProcess
+from tests.harness.registry import PASSWORD_VARIABLE, write_registry
+from tests.harness.settings import ADMIN_KEY, CALLBACK_SECRET
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -3,7 +3,7 @@ token and key mode (SPEC §8), the semantic API (SPEC §6), the real ``@cubejs-c
 with the ``cube_url`` and token of ``generate-token`` (SPEC §5), a model edit reaching
 Cube through new tokens, and the tokens the proxy must refuse.
 
-The numbers are those of the private ``orders`` table (``tests.services.ORDERS_ROWS``).
+The numbers are those of the private ``orders`` table (``tests.harness.postgres.ORDERS_ROWS``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 from yarl import URL
 
-from tests.conftest import API_SECRET
-from tests.e2e.conftest import Stack, http_json
-from tests.services import ORDERS_COUNT, ORDERS_ROWS, ORDERS_TOTAL, cube_install_dir
+from tests.e2e.conftest import Stack
+from tests.harness.cube import cube_install_dir
+from tests.harness.http import request_json
+from tests.harness.postgres import ORDERS_COUNT, ORDERS_ROWS, ORDERS_TOTAL
+from tests.harness.settings import API_SECRET
 
 #: The session's stack may start within any of these tests, and Cube compiles a schema
 #: on its first use.
@@ -165,7 +167,7 @@ async def test_key_mode_needs_the_model_header(e2e_stack: Stack) -> None:
 
 
 def test_semantic_metadata_lists_the_cubes(e2e_stack: Stack) -> None:
-    status, body = http_json(
+    status, body = request_json(
         "GET",
         f"{e2e_stack.broker.url}/api/v0/semantic-model/orders/metadata",
         headers={"X-API-KEY": e2e_stack.athena_key},
@@ -183,10 +185,10 @@ def test_semantic_query_returns_the_numbers(e2e_stack: Stack, way: str) -> None:
     """The broker follows Cube's "Continue wait" itself: one call, the final result."""
     headers = credential_headers(e2e_stack, way)
     url = f"{e2e_stack.broker.url}/api/v0/semantic-model/orders/query"
-    status, body = http_json("POST", url, {"query": TOTALS}, headers=headers)
+    status, body = request_json("POST", url, {"query": TOTALS}, headers=headers)
     assert status == 200, body
     assert_totals(body)
-    status, body = http_json("POST", url, {"query": BY_STATUS}, headers=headers)
+    status, body = request_json("POST", url, {"query": BY_STATUS}, headers=headers)
     assert status == 200, body
     assert_by_status(body)
 
@@ -227,7 +229,7 @@ def test_cubejs_client_core_loads_through_cube_url(e2e_stack: Stack) -> None:
     dashboard would use what ``generate-token`` returns."""
     node = shutil.which("node")
     assert node is not None, "node is not on PATH (WITH_TEST_SERVICES=1 scripts/setup.sh)"
-    status, minted = http_json(
+    status, minted = request_json(
         "POST",
         f"{e2e_stack.broker.url}/api/v0/semantic-model/orders/generate-token",
         headers={"X-API-KEY": e2e_stack.athena_key},

@@ -1,8 +1,9 @@
-"""Bounded polling for tests: wait for a condition, never a fixed sleep."""
+"""Bounded polling: wait for a condition, never a fixed sleep."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,11 +13,20 @@ from broker.errors import BrokerError
 E = TypeVar("E", bound=BrokerError)
 
 
-async def wait_until(cond: Callable[[], bool], within: float = 5.0) -> None:
+async def wait_until(cond: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll ``cond`` (a plain or an async predicate) until it holds; fail after
+    ``within`` seconds."""
     deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
+    while not await _holds(cond):
+        assert time.monotonic() < deadline, f"condition not met within {within} s"
         await asyncio.sleep(0.01)
+
+
+async def _holds(cond: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = cond()
+    if inspect.isawaitable(result):
+        return bool(await result)
+    return bool(result)
 
 
 async def refused_within(call: Callable[[], Awaitable[Any]], error: type[E], within: float) -> E:
