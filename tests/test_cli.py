@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,31 +17,14 @@ from broker.errors import Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
+from tests.cli_helpers import DATA, cli, cli_env, free_port
 from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 from tests.waiting import refused_within, wait_until
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ["PATH"],
-        "CUBEJS_API_SECRET": API_SECRET,
-        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
-        "ATHENA_KEY_12": ADMIN_KEY,
-        "BROKER_STORE": f"sqlite:///{tmp_path}/db/broker.db",
-        "BROKER_MODELS": str(DATA / "models.yaml"),
-    }
-
-
-def cli(
-    env: dict[str, str], *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args], env=env, capture_output=True, text=True,
-        timeout=30, cwd=cwd, check=False,
-    )  # fmt: skip
+    return cli_env(tmp_path)
 
 
 def test_check_config_ok(env: dict[str, str]) -> None:
@@ -149,13 +130,6 @@ async def test_cli_revoke_reaches_running_broker_within_a_second(env: dict[str, 
         feed.cancel()
         await asyncio.gather(feed, return_exceptions=True)
         await store.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_serve_and_sigterm(env: dict[str, str], tmp_path: Path) -> None:

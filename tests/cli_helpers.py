@@ -1,0 +1,59 @@
+"""Running ``cube-broker`` as a real subprocess, for the CLI tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
+
+DATA = Path(__file__).parent / "data"
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """A complete environment for the CLI: a SQLite store under ``tmp_path`` (not created
+    yet) and the test registry."""
+    return {
+        "PATH": os.environ["PATH"],
+        "CUBEJS_API_SECRET": API_SECRET,
+        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
+        "ATHENA_KEY_12": ADMIN_KEY,
+        "BROKER_STORE": f"sqlite:///{tmp_path}/db/broker.db",
+        "BROKER_MODELS": str(DATA / "models.yaml"),
+    }
+
+
+def cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args], env=env, capture_output=True, text=True,
+        timeout=30, cwd=cwd, check=False,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_health(proc: subprocess.Popen[str], port: int, within: float = 20.0) -> None:
+    """Bounded polling until the broker on ``port`` answers ``/healthz``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, "broker exited"
+        assert time.monotonic() < deadline, "broker did not start"
+        time.sleep(0.05)
