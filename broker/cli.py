@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from broker import __version__
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.keys.admin import KeyAdmin
 from broker.keys.validation import validate_create
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cube-broker", description="Token broker and proxy in front of Cube."
     )
+    parser.add_argument("--version", action="version", version=f"cube-broker {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("serve", parents=[common], help="run the broker")
     verbs.add_parser("check-config", parents=[common], help="validate settings and registry")
@@ -64,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; its exit status. Output into a pipe that its reader closed (``| head
+    -1``) is not an error: the verb's status stands, and nothing is printed about it."""
+    status = 0
+    try:
+        try:
+            status = _run(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's recipe (the signal module's "Note on SIGPIPE"): what is left goes to
+        # /dev/null, else the interpreter's own flush at exit fails once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(config_file=args.config)

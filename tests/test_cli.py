@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
+import broker
 from broker.errors import Unauthorized
+from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
+from broker.keys.validation import validate_create
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
 from tests.cli_helpers import DATA, cli, cli_env, free_port
@@ -270,3 +273,58 @@ async def test_sigterm_lets_in_flight_requests_finish(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def run_into_closed_pipe(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Run the CLI with its stdout a pipe whose reading end is already closed, as after
+    ``| head -1`` has read its line: every write fails with EPIPE. The exit status and
+    stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", *args], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=30)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["keys", "create", "--name", "piped"],
+        ["keys", "list"],
+        ["keys", "list", "--json"],
+        ["keys", "show", "PUBLIC_ID"],
+        ["models", "list"],
+        ["check-config"],
+    ],
+)
+def test_closed_stdout_is_not_an_error(env: dict[str, str], verb: list[str]) -> None:
+    first = cli(env, "keys", "create", "--name", "first").stdout.splitlines()[0]
+    verb = [first[4:20] if arg == "PUBLIC_ID" else arg for arg in verb]
+    status, stderr = run_into_closed_pipe(env, *verb)
+    assert (status, stderr) == (0, "")
+    if verb[:2] == ["keys", "create"]:  # the key was made, even if nobody read it
+        names = [r["name"] for r in json.loads(cli(env, "keys", "list", "--json").stdout)["keys"]]
+        assert names == ["first", "piped"]
+
+
+async def test_closed_stdout_in_the_middle_of_the_output(env: dict[str, str]) -> None:
+    """Output beyond the pipe buffer: the write fails while the verb prints, not at exit."""
+    store = open_store(env["BROKER_STORE"])
+    try:
+        admin = KeyAdmin(store)
+        for n in range(30):
+            await admin.create(validate_create({"name": f"key-{n}", "rights": ["r"] * 20}))
+    finally:
+        await store.close()
+    assert len(cli(env, "keys", "list", "--json").stdout) > 16 * 1024
+    assert run_into_closed_pipe(env, "keys", "list", "--json") == (0, "")
+    assert run_into_closed_pipe(env, "keys", "list") == (0, "")
+
+
+def test_version(env: dict[str, str]) -> None:
+    result = cli(env, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"cube-broker {broker.__version__}"
