@@ -328,3 +328,14 @@ def test_version(env: dict[str, str]) -> None:
     result = cli(env, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"cube-broker {broker.__version__}"
+
+
+@pytest.mark.parametrize("verb", [["check-config"], ["serve"], ["models", "list"]])
+def test_missing_registry_names_the_variable_and_the_path(
+    env: dict[str, str], tmp_path: Path, verb: list[str]
+) -> None:
+    missing = tmp_path / "nowhere" / "models.yaml"
+    result = cli({**env, "BROKER_MODELS": str(missing)}, *verb)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "BROKER_MODELS" in line and str(missing) in line, line
