@@ -5,28 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
-
-from aiohttp import web
 
 from broker import __version__
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.keys.admin import KeyAdmin
 from broker.keys.validation import validate_create
 from broker.models import load_registry
+from broker.serve import new_event_loop, serve
 from broker.settings import Settings
 from broker.store import open_store
-from broker.support.logs import configure_logging
 
-log = logging.getLogger("broker")
-
-#: Largest request header field aiohttp accepts (SPEC §3: 16 KiB).
-MAX_FIELD_SIZE = 16 * 1024
+__all__ = ["build_parser", "main", "new_event_loop"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,50 +104,6 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokerError as exc:
         print(f"cube-broker: {exc.message}", file=sys.stderr)
         return 1
-
-
-def serve(settings: Settings) -> int:
-    from broker.app import create_app
-
-    configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
-
-    async def on_startup(app: web.Application) -> None:
-        from broker.state import REGISTRY
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[REGISTRY].request_reload)
-
-    app.on_startup.append(on_startup)
-    loop = new_event_loop()
-    web.run_app(
-        app,
-        loop=loop,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
-        access_log=None,
-        max_field_size=MAX_FIELD_SIZE,
-        max_line_size=MAX_FIELD_SIZE,
-        print=lambda _msg: log.info(
-            "broker listening on http://%s:%s (public URL %s, event loop %s)",
-            settings.host,
-            settings.port,
-            settings.public_url,
-            type(loop).__module__.partition(".")[0],
-        ),
-    )
-    return 0
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where it is installed (a dependency wherever it builds): the
-    proxy's hot path spends about a fifth less CPU per request on it than on asyncio's
-    own loop (bench/bench_proxy.py). Elsewhere, asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 async def _with_admin(
