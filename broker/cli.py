@@ -4,17 +4,24 @@ and the exit statuses; the ``keys`` verbs are :mod:`broker.cli_keys`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from broker import __version__, cli_keys
-from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.errors import BrokerError, ConfigError, StoreUnavailable, ValidationFailed
 from broker.models import load_registry
 from broker.serve import new_event_loop, serve
 from broker.settings import Settings
+from broker.store import open_store
 
 __all__ = ["build_parser", "main", "new_event_loop"]
+
+#: How long ``check-config`` waits for the store to answer.
+CHECK_TIMEOUT = 3.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +68,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.verb == "serve":
             return serve(settings)
         if args.verb == "check-config":
-            registry = load_registry(settings.models_path)
-            print(
-                f"configuration OK: store {settings.store_url.split('://')[0]}, "
-                f"{len(registry.models)} model(s), listening on {settings.host}:{settings.port}"
-            )
-            return 0
+            return check_config(settings)
         if args.verb == "models":
             for model in load_registry(settings.models_path).models.values():
                 print(f"{model.asset_id}\t{model.name}\t{model.schema_hash}")
@@ -82,3 +84,55 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokerError as exc:
         print(f"cube-broker: {exc.message}", file=sys.stderr)
         return 1
+
+
+def check_config(settings: Settings) -> int:
+    """Validate the settings (done by now), the registry and the store, serving nothing."""
+    registry = load_registry(settings.models_path)
+    store = asyncio.run(_check_store(settings.store_url))
+    print(
+        f"configuration OK: {len(registry)} model(s), store {store}; serve would listen on "
+        f"{settings.host}:{settings.port} (public URL {settings.public_url})"
+    )
+    return 0
+
+
+async def _check_store(url: str) -> str:
+    """How the store stands, for the OK line: it answers within :data:`CHECK_TIMEOUT`, or
+    it is a SQLite file that does not exist yet and that ``serve`` can create (checked
+    without creating it). Raises ``ConfigError`` for a store that cannot be created,
+    ``StoreUnavailable`` for one that does not answer."""
+    scheme = url.partition("://")[0]  # never the rest: it may hold a password
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        raise ConfigError(f"BROKER_STORE: {exc}") from None
+    try:
+        missing = cli_keys.missing_sqlite_file(store)
+        if missing is not None:
+            _check_creatable(missing)
+            return f"sqlite {missing} (does not exist yet: serve creates it)"
+        try:
+            await asyncio.wait_for(store.ping(), CHECK_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"BROKER_STORE: the {scheme} store did not answer within {CHECK_TIMEOUT:g} s"
+            ) from None
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"BROKER_STORE: {exc.message}") from None
+    finally:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()
+    return f"{scheme} answers"
+
+
+def _check_creatable(path: Path) -> None:
+    """``path`` does not exist; raise ``ConfigError`` unless its nearest existing parent
+    is a folder this process may create files in."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"BROKER_STORE: cannot create {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"BROKER_STORE: cannot create {path}: {parent} is not writable")

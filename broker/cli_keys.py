@@ -9,12 +9,19 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TextIO
 
+from broker.errors import ConfigError
 from broker.keys.admin import KeyAdmin
 from broker.keys.validation import validate_create
 from broker.settings import Settings
-from broker.store import open_store
+from broker.store import Store, open_store
+from broker.store.sqlite import SQLiteStore
+
+#: The actions that may make a SQLite store's file; the others refuse a missing one, so a
+#: typo in BROKER_STORE (or another working directory) does not look like an empty store.
+_CREATING_ACTIONS = frozenset({"create"})
 
 
 def add_parser(
@@ -46,6 +53,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_with_admin(settings, _KEY_ACTIONS[args.action], args))
 
 
+def missing_sqlite_file(store: Store) -> Path | None:
+    """The file of a SQLite ``store`` when it does not exist yet, else ``None``. (Opening a
+    SQLite store does no I/O; its first use creates the file and its folder.)"""
+    if isinstance(store, SQLiteStore) and not store.path.exists():
+        return store.path
+    return None
+
+
 async def _with_admin(
     settings: Settings,
     action: Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]],
@@ -53,6 +68,11 @@ async def _with_admin(
 ) -> int:
     store = open_store(settings.store_url)
     try:
+        missing = missing_sqlite_file(store)
+        if missing is not None and args.action not in _CREATING_ACTIONS:
+            raise ConfigError(
+                f"BROKER_STORE: no store at {missing} (only serve and keys create make one)"
+            )
         await action(KeyAdmin(store), args, sys.stdout)
     finally:
         await store.close()

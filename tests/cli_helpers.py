@@ -13,13 +13,15 @@ from pathlib import Path
 from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 
 DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).parent.parent
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """A complete environment for the CLI: a SQLite store under ``tmp_path`` (not created
-    yet) and the test registry."""
+    yet) and the test registry; this checkout's ``broker`` whatever the working folder."""
     return {
         "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
         "CUBEJS_API_SECRET": API_SECRET,
         "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
         "ATHENA_KEY_12": ADMIN_KEY,

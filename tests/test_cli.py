@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,74 @@ def test_check_config_ok(env: dict[str, str]) -> None:
     result = cli(env, "check-config")
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
+    assert "listening" not in result.stdout  # it does not listen
+    sqlite_path = Path(env["BROKER_STORE"].removeprefix("sqlite:///"))
+    assert "does not exist yet" in result.stdout and str(sqlite_path) in result.stdout
+    assert not sqlite_path.parent.exists()  # checked, not created
+    assert cli(env, "keys", "create", "--name", "k").returncode == 0
+    result = cli(env, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "store sqlite answers" in result.stdout
+
+
+def test_check_config_pings_redis(env: dict[str, str], redis_url: str) -> None:
+    result = cli({**env, "BROKER_STORE": redis_url}, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "store redis answers" in result.stdout
+
+
+@pytest.fixture
+def stalled_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("store", "status"),
+    [
+        ("redis://127.0.0.1:1/0", 1),  # nothing listens
+        ("redis://127.0.0.1:STALLED/0", 1),  # accepts, never answers
+        ("sqlite:///TMP/not-a-db.sqlite", 1),  # a file that is no SQLite database
+        ("sqlite:///TMP/a-file/broker.db", 2),  # its folder cannot be created
+    ],
+)
+def test_check_config_fails_for_a_store_that_does_not_answer(
+    env: dict[str, str], tmp_path: Path, stalled_port: int, store: str, status: int
+) -> None:
+    (tmp_path / "not-a-db.sqlite").write_text("not a database, " * 100)
+    (tmp_path / "a-file").write_text("")
+    url = store.replace("TMP", str(tmp_path)).replace("STALLED", str(stalled_port))
+    started = time.monotonic()
+    result = cli({**env, "BROKER_STORE": url}, "check-config")
+    assert time.monotonic() - started < 10
+    assert result.returncode == status, result.stdout
+    [line] = result.stderr.splitlines()
+    assert "BROKER_STORE" in line, line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["keys", "list"],
+        ["keys", "list", "--json"],
+        ["keys", "show", "abcdefghijklmnop"],
+        ["keys", "revoke", "abcdefghijklmnop"],
+    ],
+)
+def test_key_verbs_refuse_a_sqlite_store_that_does_not_exist(
+    env: dict[str, str], tmp_path: Path, verb: list[str]
+) -> None:
+    """Only ``serve`` and ``keys create`` make the store: a typo in BROKER_STORE (or
+    another working directory) must not look like an empty store."""
+    result = cli({**env, "BROKER_STORE": "sqlite:///var/broker.db"}, *verb, cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "BROKER_STORE" in line and str(tmp_path / "var" / "broker.db") in line, line
+    assert not (tmp_path / "var").exists()
 
 
 _BAD_SETTINGS = [
