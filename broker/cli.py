@@ -14,7 +14,6 @@ from pathlib import Path
 from broker import __version__, cli_keys
 from broker.errors import BrokerError, ConfigError, StoreUnavailable, ValidationFailed
 from broker.models import load_registry
-from broker.serve import new_event_loop, serve
 from broker.settings import Settings
 from broker.store import open_store
 
@@ -22,6 +21,14 @@ __all__ = ["build_parser", "main", "new_event_loop"]
 
 #: How long ``check-config`` waits for the store to answer.
 CHECK_TIMEOUT = 3.0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the broker serves on (:func:`broker.serve.new_event_loop`), for
+    bench/; importing it here would load the whole app into every CLI verb."""
+    from broker.serve import new_event_loop
+
+    return new_event_loop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +73,8 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         settings = Settings.load(config_file=args.config)
         if args.verb == "serve":
+            from broker.serve import serve  # the app and aiohttp, only to serve
+
             return serve(settings)
         if args.verb == "check-config":
             return check_config(settings)
