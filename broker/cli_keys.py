@@ -1,56 +1,235 @@
 """``cube-broker keys …``: Athena keys managed directly on the configured store, through
 :class:`~broker.keys.admin.KeyAdmin` (so running brokers learn of every change through the
-store's change feed, as of one made over HTTP)."""
+store's change feed, as of one made over HTTP).
+
+The options are declared once (:data:`_OPTIONS`), each with the admin API's field it
+sets: ``create`` and ``update`` take the same ones, and a body holds only the options
+actually given, validated by the admin API's own rules. Human output is a table; with
+``--json`` a verb prints exactly the admin API's document instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, FieldError, ValidationFailed
 from broker.keys.admin import KeyAdmin
-from broker.keys.validation import validate_create
+from broker.keys.record import KeyRecord
+from broker.keys.validation import validate_create, validate_patch, validate_rotate
 from broker.settings import Settings
 from broker.store import Store, open_store
 from broker.store.sqlite import SQLiteStore
+from broker.support.timeutil import to_iso, utcnow
 
 #: The actions that may make a SQLite store's file; the others refuse a missing one, so a
 #: typo in BROKER_STORE (or another working directory) does not look like an empty store.
 _CREATING_ACTIONS = frozenset({"create"})
+
+Kind = Literal["name", "text", "list", "count", "flag"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """A command-line option and the admin API field it sets."""
+
+    flag: str
+    field: str
+    kind: Kind
+    help: str
+    metavar: str | None = None
+
+
+_OPTIONS = (
+    _Option("--name", "name", "name", "what the key is for", "N"),
+    _Option(
+        "--right",
+        "rights",
+        "list",
+        "a right, e.g. semantic_model.* or semantic_model.query.execute:ASSET_ID; "
+        "repeat for several",
+        "R",
+    ),
+    _Option("--description", "description", "text", "free text about the key", "D"),
+    _Option("--client-name", "client_name", "text", "who holds the key", "C"),
+    _Option(
+        "--expires-at",
+        "expires_at",
+        "text",
+        "when the key stops working: ISO 8601 with a time zone, e.g. 2030-01-01T00:00:00Z",
+        "T",
+    ),
+    _Option(
+        "--ip-whitelist",
+        "ip_whitelist",
+        "list",
+        "an IP or CIDR (v4 or v6) the key may be used from; repeat for several",
+        "CIDR",
+    ),
+    _Option(
+        "--ip-blacklist",
+        "ip_blacklist",
+        "list",
+        "an IP or CIDR the key is refused from; repeat for several",
+        "CIDR",
+    ),
+    _Option(
+        "--rate-limit",
+        "rate_limit_per_minute",
+        "count",
+        "requests per minute (0: no limit)",
+        "N",
+    ),
+    _Option(
+        "--virgin-mode",
+        "virgin_mode",
+        "flag",
+        "learn the IP whitelist from the first clients, then lock it; needs --virgin-until "
+        "or --max-whitelist-ips (IP lists given with it are ignored)",
+    ),
+    _Option(
+        "--virgin-until",
+        "virgin_until_n_requests",
+        "count",
+        "virgin mode: lock after N successful authentications (0: no such limit)",
+        "N",
+    ),
+    _Option(
+        "--max-whitelist-ips",
+        "max_whitelist_ips",
+        "count",
+        "virgin mode: learn at most N addresses and lock at N (0: no cap)",
+        "N",
+    ),
+)
+#: ``update`` takes every option of ``create`` but ``--virgin-mode`` (the admin API's
+#: PATCH does not change it either), plus ``--active``/``--inactive``.
+_UPDATE_OPTIONS = tuple(o for o in _OPTIONS if o.kind != "flag")
+_CLEARING = {
+    "text": " (an empty value clears it)",
+    "list": " (given once as '' it empties the list)",
+}
+_FLAG_OF_FIELD = {
+    **{o.field: o.flag for o in _OPTIONS},
+    "is_active": "--active/--inactive",
+    "grace_seconds": "--grace-seconds",
+}
+_JSON_HELP = "print only the admin API's JSON document"
+_ID_HELP = "the key's UUID or public_id"
 
 
 def add_parser(
     verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """The ``keys`` verb and its actions, under the top-level ``verbs``."""
-    keys = verbs.add_parser("keys", help="Athena keys, directly on the store").add_subparsers(
-        dest="action", required=True
+    keys = verbs.add_parser(
+        "keys", help="Athena keys, directly on the store (before anything is exposed)"
+    ).add_subparsers(dest="action", required=True)
+
+    create = keys.add_parser(
+        "create",
+        parents=[common],
+        help="create a key; prints it alone on the first line, once",
     )
-    create = keys.add_parser("create", parents=[common], help="create a key; prints it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--right", action="append", default=[], dest="rights")
-    create.add_argument("--description")
-    create.add_argument("--client-name")
-    create.add_argument("--expires-at", help="ISO 8601 with time zone")
-    create.add_argument("--ip-whitelist", action="append", default=[], metavar="CIDR")
-    create.add_argument("--json", action="store_true", help="print the admin API's JSON")
-    listing = keys.add_parser("list", parents=[common], help="list keys")
-    listing.add_argument("--json", action="store_true")
-    show = keys.add_parser("show", parents=[common], help="show one key (UUID or public_id)")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
-    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key for good")
-    revoke.add_argument("id")
+    for option in _OPTIONS:
+        _add_option(create, option, required=option.kind == "name", clearing=False)
+    _add_json(create)
+
+    listing = keys.add_parser("list", parents=[common], help="list every key")
+    _add_json(listing)
+
+    show = keys.add_parser("show", parents=[common], help="show one key")
+    show.add_argument("id", help=_ID_HELP)
+    _add_json(show)
+
+    update = keys.add_parser(
+        "update", parents=[common], help="change a key: only the options given"
+    )
+    update.add_argument("id", help=_ID_HELP)
+    for option in _UPDATE_OPTIONS:
+        _add_option(update, option, required=False, clearing=True)
+    active = update.add_mutually_exclusive_group()
+    active.add_argument(
+        "--active",
+        dest="is_active",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="let the key work again (not after a revoke)",
+    )
+    active.add_argument(
+        "--inactive",
+        dest="is_active",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="stop the key working until --active",
+    )
+    _add_json(update)
+    update.set_defaults(usage_error=update.error)
+
+    rotate = keys.add_parser(
+        "rotate",
+        parents=[common],
+        help="a new secret for the same public_id; prints the new key alone on the first line",
+    )
+    rotate.add_argument("id", help=_ID_HELP)
+    rotate.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="how long the old secret keeps working (default 0: it stops at once; at most 86400)",
+    )
+    _add_json(rotate)
+
+    revoke = keys.add_parser(
+        "revoke", parents=[common], help="revoke a key for good (and every token it minted)"
+    )
+    revoke.add_argument("id", help=_ID_HELP)
+
+
+def _add_option(
+    parser: argparse.ArgumentParser, option: _Option, *, required: bool, clearing: bool
+) -> None:
+    help = option.help + (_CLEARING.get(option.kind, "") if clearing else "")
+    kwargs: dict[str, Any] = {"dest": option.field, "help": help}
+    if option.kind == "flag":
+        kwargs["action"] = "store_true"
+    else:
+        kwargs["metavar"] = option.metavar
+        if option.kind == "list":
+            kwargs["action"] = "append"
+        elif option.kind == "count":
+            kwargs["type"] = int
+    if required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = argparse.SUPPRESS  # absent from the namespace unless given
+    parser.add_argument(option.flag, **kwargs)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the ``keys`` action of ``args`` on the store; raises the broker's errors."""
-    return asyncio.run(_with_admin(settings, _KEY_ACTIONS[args.action], args))
+    """Run the ``keys`` action of ``args`` on the store; raises the broker's errors, a
+    ``ValidationFailed`` naming the options rather than the API's fields."""
+    if args.action == "update" and not _body(args, _UPDATE_OPTIONS) and "is_active" not in args:
+        args.usage_error("nothing to change: give at least one option (see --help)")
+    try:
+        return asyncio.run(_with_admin(settings, _ACTIONS[args.action], args))
+    except ValidationFailed as exc:
+        raise ValidationFailed(
+            [FieldError(_FLAG_OF_FIELD.get(d.field, d.field), d.message) for d in exc.details]
+        ) from None
 
 
 def missing_sqlite_file(store: Store) -> Path | None:
@@ -61,11 +240,10 @@ def missing_sqlite_file(store: Store) -> Path | None:
     return None
 
 
-async def _with_admin(
-    settings: Settings,
-    action: Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]],
-    args: argparse.Namespace,
-) -> int:
+Action = Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]]
+
+
+async def _with_admin(settings: Settings, action: Action, args: argparse.Namespace) -> int:
     store = open_store(settings.store_url)
     try:
         missing = missing_sqlite_file(store)
@@ -79,27 +257,34 @@ async def _with_admin(
     return 0
 
 
+def _body(args: argparse.Namespace, options: Sequence[_Option]) -> dict[str, Any]:
+    """The admin API body of the options given (and only those). An empty value clears:
+    ``null`` for a text, ``[]`` for a list (``--name`` keeps it, to be refused)."""
+    body: dict[str, Any] = {}
+    for option in options:
+        if option.field not in args:
+            continue
+        value = getattr(args, option.field)
+        if option.kind == "text" and value == "":
+            value = None
+        elif option.kind == "list":
+            value = [item for item in value if item != ""]
+        body[option.field] = value
+    return body
+
+
 async def _create(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
-    body: dict[str, Any] = {"name": args.name, "rights": args.rights}
-    for field in ("description", "client_name", "expires_at"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
-    if args.ip_whitelist:
-        body["ip_whitelist"] = args.ip_whitelist
-    plaintext, record = await admin.create(validate_create(body))
+    plaintext, record = await admin.create(validate_create(_body(args, _OPTIONS)))
     if args.json:
         _dump({"api_key": plaintext, "record": record.public()}, out)
         return
     print(plaintext, file=out)
-    print(
-        f"id {record.id}  public_id {record.public_id}  rights {','.join(record.rights) or '-'}",
-        file=out,
-    )
+    _print_record(record, out)
     print("Store this key now: it is shown only once.", file=out)
 
 
 async def _list(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
-    records = []
+    records: list[KeyRecord] = []
     cursor: str | None = None
     while True:
         page, cursor = await admin.list_keys(1000, cursor)
@@ -109,9 +294,13 @@ async def _list(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         _dump({"keys": [r.public() for r in records], "next_cursor": None}, out)
         return
-    for r in records:
-        state = "revoked" if r.revoked_at else ("active" if r.is_active else "inactive")
-        print(f"{r.public_id}\t{r.id}\t{state}\t{r.name}\t{','.join(r.rights) or '-'}", file=out)
+    now = utcnow()
+    header = ("PUBLIC_ID", "ID", "STATE", "NAME", "RIGHTS", "EXPIRES_AT", "LAST_USED_AT")
+    rows = [
+        (r.public_id, r.id, _state(r, now), r.name, r.rights, r.expires_at, r.last_used_at)
+        for r in records
+    ]
+    _print_table(header, rows, out)
 
 
 async def _show(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
@@ -119,8 +308,31 @@ async def _show(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         _dump(record.public(), out)
         return
-    for name, value in record.public().items():
-        print(f"{name}: {value}", file=out)
+    _print_record(record, out)
+
+
+async def _update(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
+    body = _body(args, _UPDATE_OPTIONS)
+    if "is_active" in args:
+        body["is_active"] = args.is_active
+    record = await admin.update(args.id, validate_patch(body))
+    if args.json:
+        _dump(record.public(), out)
+        return
+    _print_record(record, out)
+
+
+async def _rotate(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
+    body = {"grace_seconds": args.grace_seconds} if "grace_seconds" in args else {}
+    grace = validate_rotate(body)
+    plaintext, record = await admin.rotate(args.id, grace)
+    if args.json:
+        _dump({"api_key": plaintext, "record": record.public()}, out)
+        return
+    print(plaintext, file=out)
+    _print_record(record, out)
+    old = f"works for {grace} s more" if grace else "stopped working"
+    print(f"Store this key now: it is shown only once. The old secret {old}.", file=out)
 
 
 async def _revoke(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
@@ -128,12 +340,57 @@ async def _revoke(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> Non
     print(f"revoked {record.public_id} ({record.id})", file=out)
 
 
-_KEY_ACTIONS: dict[str, Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]]] = {
+_ACTIONS: dict[str, Action] = {
     "create": _create,
     "list": _list,
     "show": _show,
+    "update": _update,
+    "rotate": _rotate,
     "revoke": _revoke,
 }
+
+
+def _state(record: KeyRecord, now: datetime) -> str:
+    if record.revoked_at is not None:
+        return "revoked"
+    if not record.is_active:
+        return "inactive"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def _print_record(record: KeyRecord, out: TextIO) -> None:
+    """The public record as a two-column table, in the admin API's field order."""
+    _print_table(("FIELD", "VALUE"), list(record.public().items()), out)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    """Columns padded to their widest cell, two spaces apart."""
+    cells = [list(header), *([_cell(value) for value in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _cell(value: Any) -> str:
+    """A value as a person reads it: ``-`` for null or an empty list, lists comma-joined,
+    ``yes``/``no``, times in ISO 8601; control characters (a newline in a name) become
+    spaces, so a value cannot forge a row."""
+    if value is None or value == () or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        text = to_iso(value) or "-"
+    elif isinstance(value, list | tuple):
+        text = ",".join(str(item) for item in value)
+    else:
+        text = str(value)
+    return _CONTROL.sub(" ", text)
 
 
 def _dump(doc: Any, out: TextIO) -> None:
