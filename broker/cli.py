@@ -39,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cube-broker {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("serve", parents=[common], help="run the broker")
-    verbs.add_parser("check-config", parents=[common], help="validate settings and registry")
+    verbs.add_parser("serve", parents=[common], help="run the broker (until SIGTERM)")
+    verbs.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the settings and the registry, check that the store answers; serve nothing",
+    )
 
     models = verbs.add_parser("models", help="semantic models").add_subparsers(
         dest="action", required=True

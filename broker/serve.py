@@ -83,8 +83,9 @@ async def _serve(app: web.Application, settings: Settings) -> None:
             type(loop).__module__.partition(".")[0],
         )
         await stop.wait()
-        # The drain below is bounded already; a second signal must not cut it short.
-        for sig in _STOP_SIGNALS:
+        # The drain below is bounded already; a second signal must not cut it short (nor,
+        # once the loop is closed and its handlers gone, kill the process).
+        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
         log.info(
