@@ -92,6 +92,8 @@ def test_check_config_fails_for_a_store_that_does_not_answer(
         ["keys", "list", "--json"],
         ["keys", "show", "abcdefghijklmnop"],
         ["keys", "revoke", "abcdefghijklmnop"],
+        ["keys", "update", "abcdefghijklmnop", "--inactive"],
+        ["keys", "rotate", "abcdefghijklmnop"],
     ],
 )
 def test_key_verbs_refuse_a_sqlite_store_that_does_not_exist(
