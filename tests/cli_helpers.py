@@ -6,8 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from tests.conftest import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
@@ -44,18 +42,3 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_for_health(proc: subprocess.Popen[str], port: int, within: float = 20.0) -> None:
-    """Bounded polling until the broker on ``port`` answers ``/healthz``."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, "broker exited"
-        assert time.monotonic() < deadline, "broker did not start"
-        time.sleep(0.05)
