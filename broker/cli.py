@@ -1,30 +1,34 @@
-"""The ``cube-broker`` command line: serve, check-config, models list, keys ..."""
+"""The ``cube-broker`` command line: the parser, ``serve``, ``check-config``, ``models list``
+and the exit statuses; the ``keys`` verbs are :mod:`broker.cli_keys`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
-import signal
+import contextlib
+import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO
+from collections.abc import Sequence
+from pathlib import Path
 
-from aiohttp import web
-
-from broker.errors import BrokerError, ConfigError, ValidationFailed
-from broker.keys.admin import KeyAdmin
-from broker.keys.validation import validate_create
+from broker import __version__, cli_keys
+from broker.errors import BrokerError, ConfigError, StoreUnavailable, ValidationFailed
 from broker.models import load_registry
 from broker.settings import Settings
 from broker.store import open_store
-from broker.support.logs import configure_logging
 
-log = logging.getLogger("broker")
+__all__ = ["build_parser", "main", "new_event_loop"]
 
-#: Largest request header field aiohttp accepts (SPEC §3: 16 KiB).
-MAX_FIELD_SIZE = 16 * 1024
+#: How long ``check-config`` waits for the store to answer.
+CHECK_TIMEOUT = 3.0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the broker serves on (:func:`broker.serve.new_event_loop`), for
+    bench/; importing it here would load the whole app into every CLI verb."""
+    from broker.serve import new_event_loop
+
+    return new_event_loop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,54 +37,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cube-broker", description="Token broker and proxy in front of Cube."
     )
+    parser.add_argument("--version", action="version", version=f"cube-broker {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("serve", parents=[common], help="run the broker")
-    verbs.add_parser("check-config", parents=[common], help="validate settings and registry")
+    verbs.add_parser("serve", parents=[common], help="run the broker (until SIGTERM)")
+    verbs.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the settings and the registry, check that the store answers; serve nothing",
+    )
 
     models = verbs.add_parser("models", help="semantic models").add_subparsers(
         dest="action", required=True
     )
     models.add_parser("list", parents=[common], help="asset ID, name and schema hash per line")
 
-    keys = verbs.add_parser("keys", help="Athena keys, directly on the store").add_subparsers(
-        dest="action", required=True
-    )
-    create = keys.add_parser("create", parents=[common], help="create a key; prints it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--right", action="append", default=[], dest="rights")
-    create.add_argument("--description")
-    create.add_argument("--client-name")
-    create.add_argument("--expires-at", help="ISO 8601 with time zone")
-    create.add_argument("--ip-whitelist", action="append", default=[], metavar="CIDR")
-    create.add_argument("--json", action="store_true", help="print the admin API's JSON")
-    listing = keys.add_parser("list", parents=[common], help="list keys")
-    listing.add_argument("--json", action="store_true")
-    show = keys.add_parser("show", parents=[common], help="show one key (UUID or public_id)")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
-    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key for good")
-    revoke.add_argument("id")
+    cli_keys.add_parser(verbs, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; its exit status. Output into a pipe that its reader closed (``| head
+    -1``) is not an error: the verb's status stands, and nothing is printed about it."""
+    status = 0
+    try:
+        try:
+            status = _run(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's recipe (the signal module's "Note on SIGPIPE"): what is left goes to
+        # /dev/null, else the interpreter's own flush at exit fails once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.load(config_file=args.config)
         if args.verb == "serve":
+            from broker.serve import serve  # the app and aiohttp, only to serve
+
             return serve(settings)
         if args.verb == "check-config":
-            registry = load_registry(settings.models_path)
-            print(
-                f"configuration OK: store {settings.store_url.split('://')[0]}, "
-                f"{len(registry.models)} model(s), listening on {settings.host}:{settings.port}"
-            )
-            return 0
+            return check_config(settings)
         if args.verb == "models":
             for model in load_registry(settings.models_path).models.values():
                 print(f"{model.asset_id}\t{model.name}\t{model.schema_hash}")
             return 0
-        return asyncio.run(_with_admin(settings, _KEY_ACTIONS[args.action], args))
+        return cli_keys.run(settings, args)
     except ConfigError as exc:
         print(f"cube-broker: {exc}", file=sys.stderr)
         return 2
@@ -93,119 +99,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def serve(settings: Settings) -> int:
-    from broker.app import create_app
-
-    configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
-
-    async def on_startup(app: web.Application) -> None:
-        from broker.state import REGISTRY
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[REGISTRY].request_reload)
-
-    app.on_startup.append(on_startup)
-    loop = new_event_loop()
-    web.run_app(
-        app,
-        loop=loop,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
-        access_log=None,
-        max_field_size=MAX_FIELD_SIZE,
-        max_line_size=MAX_FIELD_SIZE,
-        print=lambda _msg: log.info(
-            "broker listening on http://%s:%s (public URL %s, event loop %s)",
-            settings.host,
-            settings.port,
-            settings.public_url,
-            type(loop).__module__.partition(".")[0],
-        ),
-    )
-    return 0
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where it is installed (a dependency wherever it builds): the
-    proxy's hot path spends about a fifth less CPU per request on it than on asyncio's
-    own loop (bench/bench_proxy.py). Elsewhere, asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-async def _with_admin(
-    settings: Settings,
-    action: Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]],
-    args: argparse.Namespace,
-) -> int:
-    store = open_store(settings.store_url)
-    try:
-        await action(KeyAdmin(store), args, sys.stdout)
-    finally:
-        await store.close()
-    return 0
-
-
-async def _create(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
-    body: dict[str, Any] = {"name": args.name, "rights": args.rights}
-    for field in ("description", "client_name", "expires_at"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
-    if args.ip_whitelist:
-        body["ip_whitelist"] = args.ip_whitelist
-    plaintext, record = await admin.create(validate_create(body))
-    if args.json:
-        _dump({"api_key": plaintext, "record": record.public()}, out)
-        return
-    print(plaintext, file=out)
+def check_config(settings: Settings) -> int:
+    """Validate the settings (done by now), the registry and the store, serving nothing."""
+    registry = load_registry(settings.models_path)
+    store = asyncio.run(_check_store(settings.store_url))
     print(
-        f"id {record.id}  public_id {record.public_id}  rights {','.join(record.rights) or '-'}",
-        file=out,
+        f"configuration OK: {len(registry)} model(s), store {store}; serve would listen on "
+        f"{settings.host}:{settings.port} (public URL {settings.public_url})"
     )
-    print("Store this key now: it is shown only once.", file=out)
+    return 0
 
 
-async def _list(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
-    records = []
-    cursor: str | None = None
-    while True:
-        page, cursor = await admin.list_keys(1000, cursor)
-        records.extend(page)
-        if cursor is None:
-            break
-    if args.json:
-        _dump({"keys": [r.public() for r in records], "next_cursor": None}, out)
-        return
-    for r in records:
-        state = "revoked" if r.revoked_at else ("active" if r.is_active else "inactive")
-        print(f"{r.public_id}\t{r.id}\t{state}\t{r.name}\t{','.join(r.rights) or '-'}", file=out)
+async def _check_store(url: str) -> str:
+    """How the store stands, for the OK line: it answers within :data:`CHECK_TIMEOUT`, or
+    it is a SQLite file that does not exist yet and that ``serve`` can create (checked
+    without creating it). Raises ``ConfigError`` for a store that cannot be created,
+    ``StoreUnavailable`` for one that does not answer."""
+    scheme = url.partition("://")[0]  # never the rest: it may hold a password
+    try:
+        store = open_store(url)
+    except ValueError as exc:
+        raise ConfigError(f"BROKER_STORE: {exc}") from None
+    try:
+        missing = cli_keys.missing_sqlite_file(store)
+        if missing is not None:
+            _check_creatable(missing)
+            return f"sqlite {missing} (does not exist yet: serve creates it)"
+        try:
+            await asyncio.wait_for(store.ping(), CHECK_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"BROKER_STORE: the {scheme} store did not answer within {CHECK_TIMEOUT:g} s"
+            ) from None
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"BROKER_STORE: {exc.message}") from None
+    finally:
+        with contextlib.suppress(StoreUnavailable):
+            await store.close()
+    return f"{scheme} answers"
 
 
-async def _show(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
-    record = await admin.get(args.id)
-    if args.json:
-        _dump(record.public(), out)
-        return
-    for name, value in record.public().items():
-        print(f"{name}: {value}", file=out)
-
-
-async def _revoke(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
-    record = await admin.revoke(args.id)
-    print(f"revoked {record.public_id} ({record.id})", file=out)
-
-
-_KEY_ACTIONS: dict[str, Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]]] = {
-    "create": _create,
-    "list": _list,
-    "show": _show,
-    "revoke": _revoke,
-}
-
-
-def _dump(doc: Any, out: TextIO) -> None:
-    print(json.dumps(doc, indent=2), file=out)
+def _check_creatable(path: Path) -> None:
+    """``path`` does not exist; raise ``ConfigError`` unless its nearest existing parent
+    is a folder this process may create files in."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"BROKER_STORE: cannot create {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"BROKER_STORE: cannot create {path}: {parent} is not writable")

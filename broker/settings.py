@@ -188,7 +188,8 @@ class Settings:
         "BROKER_PUBLIC_URL",
         parse=_http_url,
         default=None,
-        help="The broker's URL as dashboards reach it; default http://{BROKER_HOST}:{BROKER_PORT}.",
+        help="The broker's URL as dashboards reach it; default http://{BROKER_HOST}:{BROKER_PORT}, "
+        "required when BROKER_HOST is an unspecified address (0.0.0.0, ::).",
     )
     api_secret: Secret = _var(
         "CUBEJS_API_SECRET",
@@ -329,7 +330,7 @@ class Settings:
             if ports[a] == ports[b] != 0:
                 raise ConfigError(f"{a}, {b}: the listeners need three different ports")
         if not self.public_url:
-            object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
+            object.__setattr__(self, "public_url", _default_public_url(self.host, self.port))
         if self.token_min_remaining is None:
             default = 300 if self.token_ttl > 600 else self.token_ttl // 2
             object.__setattr__(self, "token_min_remaining", default)
@@ -369,6 +370,21 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{var.names[0]}: {exc}") from None
         return cls(**values)
+
+
+def _default_public_url(host: str, port: int) -> str:
+    """``http://{host}:{port}``, refused for an unspecified address (``0.0.0.0``, ``::``):
+    dashboards would be handed a ``cube_url`` they cannot reach."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{port}"
+    if address.is_unspecified:
+        raise ConfigError(
+            f"BROKER_PUBLIC_URL: must be set when BROKER_HOST is {host} (every address): "
+            "the URL dashboards reach the broker at, e.g. https://broker.example.com"
+        )
+    return f"http://[{host}]:{port}" if address.version == 6 else f"http://{host}:{port}"
 
 
 def _lookup(names: tuple[str, ...], env: Mapping[str, str], file: Mapping[str, str]) -> str | None:

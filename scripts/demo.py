@@ -8,13 +8,15 @@ runs a real query through the broker, printing each step as the equivalent ``cur
 command and the answer. Everything runs on free ports of 127.0.0.1 with throw-away
 secrets, and is stopped and removed at the end, also on errors, Ctrl-C or SIGTERM.
 
-The process helpers are those of the end-to-end tests (``tests/services.py``). Run it
+The process helpers are those of the end-to-end tests (``tests/harness/``). Run it
 through ``scripts/demo.sh``, which first installs what it needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -26,21 +28,18 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.services import (  # noqa: E402  (after the sys.path entry above)
-    ORDERS_ROWS,
-    HTTPProcess,
-    free_port,
-    start_broker,
-    start_cube,
-    start_postgres,
-    write_registry,
-)
+from tests.harness.broker import start_broker  # noqa: E402  (after the sys.path entry above)
+from tests.harness.cube import start_cube  # noqa: E402
+from tests.harness.ports import free_port  # noqa: E402
+from tests.harness.postgres import ORDERS_ROWS, start_postgres  # noqa: E402
+from tests.harness.process import HTTPProcess  # noqa: E402
+from tests.harness.registry import write_registry  # noqa: E402
 
 #: The environment variable through which the broker gets the database password.
 PASSWORD_VARIABLE = "DEMO_DB_PASSWORD"  # noqa: S105  (a variable name)
@@ -51,15 +50,27 @@ QUERY = {
 }
 
 
-def heading(text: str) -> None:
-    print(f"\n== {text}", flush=True)
+class OutputGone(Exception):
+    """Standard output went away: its pipe was closed (``make demo | head``) or its
+    terminal hung up. The demo stops there and cleans up without a word."""
+
+
+def say(*lines: str) -> None:
+    """Print ``lines`` at once (flushed, so a reader sees each step as it happens)."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except OSError as error:  # EPIPE from a closed pipe, EIO from a hung-up terminal
+        raise OutputGone from error
+
+
+def heading(text: str, *, first: bool = False) -> None:
+    say(f"== {text}" if first else f"\n== {text}")
 
 
 def show(command: str, answer: object | None = None) -> None:
-    print(f"$ {command}")
-    if answer is not None:
-        print(json.dumps(answer, indent=2))
-    sys.stdout.flush()
+    say(f"$ {command}", *([] if answer is None else [json.dumps(answer, indent=2)]))
 
 
 def abridged(secret: str) -> str:
@@ -89,8 +100,21 @@ def expect(status: int, answer: Any, wanted: int, what: str) -> None:
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: the demo stops and cleans up. A
+    ``KeyboardInterrupt``, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    # Only the first signal counts: a second one (a double Ctrl-C, a hang-up right after
+    # a SIGTERM) must not break into the cleanup below.
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def demo(stack: ExitStack) -> None:
@@ -100,14 +124,14 @@ def demo(stack: ExitStack) -> None:
     callback_secret = secrets.token_urlsafe(32)
     admin_key = secrets.token_urlsafe(32)
 
-    heading("1. A private PostgreSQL with the sample table")
+    heading("1. A private PostgreSQL with the sample table", first=True)
     postgres = start_postgres()
     stack.callback(postgres.stop)
-    print(
+    say(
         f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/{postgres.database}"
-        f", table public.orders ({len(ORDERS_ROWS)} rows):"
+        f", table public.orders ({len(ORDERS_ROWS)} rows):",
+        postgres.psql("SELECT id, status, created_at, amount FROM public.orders ORDER BY id"),
     )
-    print(postgres.psql("SELECT id, status, created_at, amount FROM public.orders ORDER BY id"))
 
     heading("2. The broker")
     registry = write_registry(
@@ -129,8 +153,9 @@ def demo(stack: ExitStack) -> None:
         workdir,
     )
     stack.callback(broker.stop)
-    print(f"{broker.url} (log {broker.log_path}); registry {registry}:")
-    print(registry.read_text().rstrip())
+    say(
+        f"{broker.url} (log {broker.log_path}); registry {registry}:", registry.read_text().rstrip()
+    )
 
     heading("3. Cube 0.33.65 with deploy/cube/cube.js (no database credentials of its own)")
     cube = start_cube(
@@ -140,12 +165,10 @@ def demo(stack: ExitStack) -> None:
         port=cube_port,
     )
     stack.callback(cube.stop)
-    print(
-        f"{cube.url}: CUBEJS_API_SECRET, BROKER_INTERNAL_URL={broker.url}, BROKER_CALLBACK_SECRET"
-    )
+    say(f"{cube.url}: CUBEJS_API_SECRET, BROKER_INTERNAL_URL={broker.url}, BROKER_CALLBACK_SECRET")
 
     b = broker.url
-    print(f"\nIn the commands below: B={b}, ADMIN_KEY=<the admin key>, KEY and TOKEN as made.")
+    say(f"\nIn the commands below: B={b}, ADMIN_KEY=<the admin key>, KEY and TOKEN as made.")
 
     heading("4. Create an Athena key (admin API)")
     new_key = {"name": "demo", "rights": ["semantic_model.*"]}
@@ -204,26 +227,53 @@ def demo(stack: ExitStack) -> None:
 
 
 def main() -> int:
-    """Run the demo; whatever happens, stop what it started (signals are ignored while
-    cleaning up, so a second Ctrl-C cannot leave processes behind)."""
-    for sig in _SIGNALS[1:]:
+    """Run the demo; whatever happens, stop what it started. The cleanup writes nothing
+    and runs with the signals ignored, so neither a closed pipe, a hung-up terminal nor a
+    second Ctrl-C can leave PostgreSQL, Cube, the broker or a temporary folder behind."""
+    # Python ignores SIGPIPE already (a write to a closed pipe raises BrokenPipeError,
+    # which say() turns into OutputGone); said here because the cleanup relies on it.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for sig in _SIGNALS:
         signal.signal(sig, _interrupt)  # SIGTERM and SIGHUP end the demo like Ctrl-C
     stack = ExitStack()
+    status, note = 0, "done."
     try:
-        demo(stack)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        try:
+            demo(stack)
+        finally:
+            for sig in _SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+            stack.close()
+    except OutputGone:
+        status, note = 0, ""  # nobody reads any more: stopping is the right answer
+        _discard(sys.stdout)
+    except Interrupted as signal_:
+        status, note = 128 + signal_.signum, f"interrupted ({signal_})"
     except RuntimeError as error:
-        print(f"\ndemo failed: {error}", file=sys.stderr)
-        return 1
-    finally:
-        for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        heading("Cleaning up: Cube, the broker, PostgreSQL, temporary folders")
-        stack.close()
-    print("done.")
-    return 0
+        status, note = 1, f"demo failed: {error}"
+    if note:
+        _tell(note, sys.stdout if status == 0 else sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            _discard(stream)
+    return status
+
+
+def _tell(message: str, stream: TextIO) -> None:
+    """The last word, if anyone still reads ``stream``."""
+    try:
+        print(f"\n{message}", file=stream, flush=True)
+    except OSError:
+        _discard(stream)
+
+
+def _discard(stream: TextIO) -> None:
+    """Point ``stream`` at /dev/null, so the interpreter's flush at exit does not fail on
+    what is still buffered (Python's recipe for a closed pipe)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 if __name__ == "__main__":

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import broker
 from broker.errors import Unauthorized
+from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
+from broker.keys.validation import validate_create
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
 from tests.harness import DATA
+from tests.harness.cli import cli, cli_env
 from tests.harness.keys import create_key_at
 from tests.harness.ports import free_port
 from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
@@ -27,29 +32,83 @@ from tests.harness.waiting import refused_within, wait_until
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ["PATH"],
-        "CUBEJS_API_SECRET": API_SECRET,
-        "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
-        "ATHENA_KEY_12": ADMIN_KEY,
-        "BROKER_STORE": f"sqlite:///{tmp_path}/db/broker.db",
-        "BROKER_MODELS": str(DATA / "models.yaml"),
-    }
-
-
-def cli(
-    env: dict[str, str], *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args], env=env, capture_output=True, text=True,
-        timeout=30, cwd=cwd, check=False,
-    )  # fmt: skip
+    return cli_env(tmp_path)
 
 
 def test_check_config_ok(env: dict[str, str]) -> None:
     result = cli(env, "check-config")
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
+    assert "listening" not in result.stdout  # it does not listen
+    sqlite_path = Path(env["BROKER_STORE"].removeprefix("sqlite:///"))
+    assert "does not exist yet" in result.stdout and str(sqlite_path) in result.stdout
+    assert not sqlite_path.parent.exists()  # checked, not created
+    assert cli(env, "keys", "create", "--name", "k").returncode == 0
+    result = cli(env, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "store sqlite answers" in result.stdout
+
+
+def test_check_config_pings_redis(env: dict[str, str], redis_url: str) -> None:
+    result = cli({**env, "BROKER_STORE": redis_url}, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "store redis answers" in result.stdout
+
+
+@pytest.fixture
+def stalled_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("store", "status"),
+    [
+        ("redis://127.0.0.1:1/0", 1),  # nothing listens
+        ("redis://127.0.0.1:STALLED/0", 1),  # accepts, never answers
+        ("sqlite:///TMP/not-a-db.sqlite", 1),  # a file that is no SQLite database
+        ("sqlite:///TMP/a-file/broker.db", 2),  # its folder cannot be created
+    ],
+)
+def test_check_config_fails_for_a_store_that_does_not_answer(
+    env: dict[str, str], tmp_path: Path, stalled_port: int, store: str, status: int
+) -> None:
+    (tmp_path / "not-a-db.sqlite").write_text("not a database, " * 100)
+    (tmp_path / "a-file").write_text("")
+    url = store.replace("TMP", str(tmp_path)).replace("STALLED", str(stalled_port))
+    started = time.monotonic()
+    result = cli({**env, "BROKER_STORE": url}, "check-config")
+    assert time.monotonic() - started < 10
+    assert result.returncode == status, result.stdout
+    [line] = result.stderr.splitlines()
+    assert "BROKER_STORE" in line, line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["keys", "list"],
+        ["keys", "list", "--json"],
+        ["keys", "show", "abcdefghijklmnop"],
+        ["keys", "revoke", "abcdefghijklmnop"],
+        ["keys", "update", "abcdefghijklmnop", "--inactive"],
+        ["keys", "rotate", "abcdefghijklmnop"],
+    ],
+)
+def test_key_verbs_refuse_a_sqlite_store_that_does_not_exist(
+    env: dict[str, str], tmp_path: Path, verb: list[str]
+) -> None:
+    """Only ``serve`` and ``keys create`` make the store: a typo in BROKER_STORE (or
+    another working directory) must not look like an empty store."""
+    result = cli({**env, "BROKER_STORE": "sqlite:///var/broker.db"}, *verb, cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "BROKER_STORE" in line and str(tmp_path / "var" / "broker.db") in line, line
+    assert not (tmp_path / "var").exists()
 
 
 _BAD_SETTINGS = [
@@ -117,8 +176,8 @@ def test_keys_lifecycle(env: dict[str, str]) -> None:
 
 def test_keys_create_validation(env: dict[str, str]) -> None:
     result = cli(env, "keys", "create", "--name", "x", "--expires-at", "2099-01-01T00:00:00")
-    assert result.returncode == 2 and "expires_at" in result.stderr
-    assert cli(env, "keys", "list", "--json").stdout.count('"id"') == 0
+    assert result.returncode == 2 and "--expires-at" in result.stderr
+    assert not Path(env["BROKER_STORE"].removeprefix("sqlite:///")).exists()  # nothing made
 
 
 def test_models_list(env: dict[str, str]) -> None:
@@ -217,7 +276,7 @@ def test_sighup_reloads_models_at_once(env: dict[str, str], tmp_path: Path) -> N
 
     def current_hash() -> str | None:
         req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/internal/v1/models",
+            f"http://127.0.0.1:{env['BROKER_INTERNAL_PORT']}/internal/v1/models",
             headers={"X-Broker-Callback-Secret": CALLBACK_SECRET},
         )
         try:
@@ -272,7 +331,8 @@ async def test_sigterm_lets_in_flight_requests_finish(
                     pass
                 assert proc.returncode is None and time.monotonic() < deadline
                 await asyncio.sleep(0.05)
-            key, _ = await asyncio.to_thread(create_key_at, base, ADMIN_KEY, name="t")
+            admin = f"http://127.0.0.1:{env['BROKER_ADMIN_PORT']}"
+            key, _ = await asyncio.to_thread(create_key_at, admin, ADMIN_KEY, name="t")
             headers = {"X-API-KEY": key, "X-Semantic-Model": "orders"}
             in_flight = asyncio.create_task(s.get(f"{base}/cubejs-api/v1/meta", headers=headers))
             await wait_until(lambda: len(fake.seen) == 1)
@@ -285,3 +345,69 @@ async def test_sigterm_lets_in_flight_requests_finish(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def run_into_closed_pipe(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Run the CLI with its stdout a pipe whose reading end is already closed, as after
+    ``| head -1`` has read its line: every write fails with EPIPE. The exit status and
+    stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", *args], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=30)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["keys", "create", "--name", "piped"],
+        ["keys", "list"],
+        ["keys", "list", "--json"],
+        ["keys", "show", "PUBLIC_ID"],
+        ["models", "list"],
+        ["check-config"],
+    ],
+)
+def test_closed_stdout_is_not_an_error(env: dict[str, str], verb: list[str]) -> None:
+    first = cli(env, "keys", "create", "--name", "first").stdout.splitlines()[0]
+    verb = [first[4:20] if arg == "PUBLIC_ID" else arg for arg in verb]
+    status, stderr = run_into_closed_pipe(env, *verb)
+    assert (status, stderr) == (0, "")
+    if verb[:2] == ["keys", "create"]:  # the key was made, even if nobody read it
+        names = [r["name"] for r in json.loads(cli(env, "keys", "list", "--json").stdout)["keys"]]
+        assert names == ["first", "piped"]
+
+
+async def test_closed_stdout_in_the_middle_of_the_output(env: dict[str, str]) -> None:
+    """Output beyond the pipe buffer: the write fails while the verb prints, not at exit."""
+    store = open_store(env["BROKER_STORE"])
+    try:
+        admin = KeyAdmin(store)
+        for n in range(30):
+            await admin.create(validate_create({"name": f"key-{n}", "rights": ["r"] * 20}))
+    finally:
+        await store.close()
+    assert len(cli(env, "keys", "list", "--json").stdout) > 16 * 1024
+    assert run_into_closed_pipe(env, "keys", "list", "--json") == (0, "")
+    assert run_into_closed_pipe(env, "keys", "list") == (0, "")
+
+
+def test_version(env: dict[str, str]) -> None:
+    result = cli(env, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"cube-broker {broker.__version__}"
+
+
+@pytest.mark.parametrize("verb", [["check-config"], ["serve"], ["models", "list"]])
+def test_missing_registry_names_the_variable_and_the_path(
+    env: dict[str, str], tmp_path: Path, verb: list[str]
+) -> None:
+    missing = tmp_path / "nowhere" / "models.yaml"
+    result = cli({**env, "BROKER_MODELS": str(missing)}, *verb)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "BROKER_MODELS" in line and str(missing) in line, line

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from broker.errors import ConfigError
 from broker.settings import Settings
@@ -26,10 +27,25 @@ def test_defaults() -> None:
 
 
 def test_public_url_follows_host_and_port() -> None:
-    s = Settings.load({**BASE, "BROKER_HOST": "0.0.0.0", "BROKER_PORT": "9000"})
-    assert s.public_url == "http://0.0.0.0:9000"
+    s = Settings.load({**BASE, "BROKER_HOST": "10.1.2.3", "BROKER_PORT": "9000"})
+    assert s.public_url == "http://10.1.2.3:9000"
+    s = Settings.load({**BASE, "BROKER_HOST": "::1", "BROKER_PORT": "9000"})
+    assert s.public_url == "http://[::1]:9000"
     s = Settings.load({**BASE, "BROKER_PUBLIC_URL": "https://broker.example.com/"})
     assert s.public_url == "https://broker.example.com"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "0:0::0"])
+def test_an_unspecified_host_needs_a_public_url(host: str) -> None:
+    """Bound to every address, the broker cannot know the URL dashboards use: a default
+    would hand them ``cube_url: http://0.0.0.0:8080/cubejs-api/v1``."""
+    with pytest.raises(ConfigError) as exc:
+        Settings.load({**BASE, "BROKER_HOST": host})
+    message = str(exc.value)
+    assert message.startswith("BROKER_PUBLIC_URL:") and "\n" not in message
+    assert "BROKER_HOST" in message
+    s = Settings.load({**BASE, "BROKER_HOST": host, "BROKER_PUBLIC_URL": "https://b.example"})
+    assert (s.host, s.public_url) == (host, "https://b.example")
 
 
 def test_secrets_are_masked() -> None:
@@ -97,6 +113,7 @@ def test_file_under_env(tmp_path: Path) -> None:
     cfg.write_text(
         "broker_port: 9001\nbroker_host: 0.0.0.0\ncubejs_api_secret: " + "f" * 40 + "\n"
         "broker_callback_secret: " + "g" * 20 + "\nbroker_trusted_proxies: [10.0.0.0/8]\n"
+        "broker_public_url: https://broker.example.com\n"
     )
     s = Settings.load({"BROKER_PORT": "9002"}, config_file=cfg)
     assert s.port == 9002 and s.host == "0.0.0.0"
@@ -129,3 +146,16 @@ def test_readme_documents_every_setting() -> None:
     for var in Settings.variables():
         for name in var.names:
             assert f"`{name}`" in readme, name
+
+
+def test_the_k8s_deployment_binds_every_address_with_a_public_url() -> None:
+    """The manifest's literal broker settings (secrets added) load: it binds ``0.0.0.0``
+    and therefore sets ``BROKER_PUBLIC_URL``."""
+    manifest = Path(__file__).parent.parent / "deploy" / "k8s" / "deployment.yaml"
+    pod = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]
+    [broker] = [c for c in pod["containers"] if c["name"] == "broker"]
+    env = {e["name"]: e["value"] for e in broker["env"] if "value" in e}
+    s = Settings.load({**BASE, **env})
+    assert s.host == "0.0.0.0" and s.public_url == env["BROKER_PUBLIC_URL"]
+    with pytest.raises(ConfigError, match=r"^BROKER_PUBLIC_URL:"):
+        Settings.load({**BASE, **{k: v for k, v in env.items() if k != "BROKER_PUBLIC_URL"}})

@@ -19,12 +19,9 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from broker.errors import BadRequest, BrokerError, ConfigError
+from broker.errors import BadRequest, BrokerError
 from broker.http.cors import SERVER_NAME
-from broker.http.listeners import ADMIN, INTERNAL, PUBLIC
 from broker.http.middlewares import error_response
-from broker.settings import Settings
-from broker.state import LISTENERS
 
 log = logging.getLogger("broker.server")
 
@@ -88,36 +85,3 @@ class BrokerRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _BrokerServer
         return server
-
-
-async def start_listeners(runner: BrokerRunner, settings: Settings) -> list[tuple[str, str, int]]:
-    """Bind the three listeners of SPEC §2 on the set-up ``runner`` and tell the app which
-    port is which; returns ``(listener, host, port)`` of each socket, as bound.
-
-    Raises ``ConfigError`` naming the variables of an address that cannot be bound (in
-    use, not this host's)."""
-    listeners = runner.app[LISTENERS]
-    wanted = [
-        (PUBLIC, settings.host, settings.port, "BROKER_HOST/BROKER_PORT"),
-        (ADMIN, settings.admin_host, settings.admin_port, "BROKER_ADMIN_HOST/BROKER_ADMIN_PORT"),
-        (
-            INTERNAL,
-            settings.internal_host,
-            settings.internal_port,
-            "BROKER_INTERNAL_HOST/BROKER_INTERNAL_PORT",
-        ),
-    ]
-    bound: list[tuple[str, str, int]] = []
-    for name, host, port, variables in wanted:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=settings.shutdown_grace)
-        before = len(runner.addresses)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"{variables}: cannot listen on {host}:{port} ({exc.strerror or exc})"
-            ) from None
-        for address in runner.addresses[before:]:
-            listeners.bind(address[1], name)
-            bound.append((name, host, address[1]))
-    return bound

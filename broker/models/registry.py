@@ -300,7 +300,9 @@ def _read_yaml(path: Path) -> object:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {describe(exc)}") from None
+        raise ConfigError(
+            f"{path}: cannot read: {describe(exc)} (the model registry, set by BROKER_MODELS)"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8") from None
     try:

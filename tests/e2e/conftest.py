@@ -27,6 +27,7 @@ import pytest
 
 from broker.models import load_registry
 from tests.harness import DATA
+from tests.harness.broker import BrokerProcess
 from tests.harness.cube import start_broker_with_cube
 from tests.harness.http import request_json
 from tests.harness.keys import create_key_at
@@ -39,7 +40,7 @@ from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 @dataclass(frozen=True)
 class Stack:
     postgres: PostgresServer
-    broker: HTTPProcess
+    broker: BrokerProcess
     cube: HTTPProcess
     registry_path: Path
     #: An Athena key with every ``semantic_model`` right, made through the admin API.
@@ -120,7 +121,7 @@ def e2e_stack(postgres: PostgresServer, e2e_workdir: Path) -> Iterator[Stack]:
         refresh_interval=1,
     )
     with broker, cube:
-        athena_key, _ = create_key_at(broker.url, ADMIN_KEY, name="e2e")
+        athena_key, _ = create_key_at(broker.admin_url, ADMIN_KEY, name="e2e")
         yield Stack(postgres, broker, cube, registry_path, athena_key)
 
 

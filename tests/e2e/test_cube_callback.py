@@ -101,7 +101,7 @@ def test_cube_holds_no_database_credentials(e2e_stack: Stack) -> None:
     password = e2e_stack.postgres.password
     assert all(password not in value for value in env.values())
     assert not {name for name in env if "DB_" in name or name.startswith("PG")}
-    assert env["BROKER_INTERNAL_URL"] == e2e_stack.broker.url
+    assert env["BROKER_INTERNAL_URL"] == e2e_stack.broker.internal_url
     with open(f"/proc/{e2e_stack.cube.pid}/environ", "rb") as f:
         assert password.encode() not in f.read()
     assert password not in e2e_stack.cube.log_tail(10**7)
@@ -111,7 +111,7 @@ def test_cube_holds_no_database_credentials(e2e_stack: Stack) -> None:
 async def test_a_wrong_callback_secret_fails_queries_cleanly(e2e_stack: Stack) -> None:
     wrong: HTTPProcess = start_cube(
         api_secret=API_SECRET,
-        broker_url=e2e_stack.broker.url,
+        broker_url=e2e_stack.broker.internal_url,
         callback_secret=CALLBACK_SECRET + "-wrong",
     )
     try:

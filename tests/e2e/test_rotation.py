@@ -20,7 +20,7 @@ import jwt
 import pytest
 
 from tests.harness import DATA
-from tests.harness.broker import start_broker
+from tests.harness.broker import BrokerProcess, start_broker
 from tests.harness.cube import start_cube
 from tests.harness.http import request_json as http_json
 from tests.harness.ports import free_port
@@ -50,7 +50,7 @@ class Rotation:
             workdir, postgres, models=DATA / "models", password_variable=PASSWORD_VARIABLE
         )
         self.cube_port = free_port()
-        self.broker: HTTPProcess | None = None
+        self.broker: BrokerProcess | None = None
         self.cube: HTTPProcess | None = None
 
     def step(self, signing: str, accepted: str = "") -> None:
@@ -72,7 +72,7 @@ class Rotation:
         self.cube = start_cube(
             api_secret=signing,
             api_secrets=accepted,
-            broker_url=self.broker.url,
+            broker_url=self.broker.internal_url,
             callback_secret=CALLBACK_SECRET,
             port=self.cube_port,
         )
@@ -87,6 +87,11 @@ class Rotation:
     def broker_url(self) -> str:
         assert self.broker is not None
         return self.broker.url
+
+    @property
+    def admin_url(self) -> str:
+        assert self.broker is not None
+        return self.broker.admin_url
 
     @property
     def cube_url(self) -> str:
@@ -135,7 +140,7 @@ def test_rotating_the_signing_secret_fails_no_call(rotation: Rotation) -> None:
     rotation.step(OLD)
     status, created = http_json(
         "POST",
-        f"{rotation.broker_url}/admin/api-keys",
+        f"{rotation.admin_url}/admin/api-keys",
         {"name": "rotation", "rights": ["semantic_model.*"]},
         headers={"X-API-Key": ADMIN_KEY},
     )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tests.harness import REPO
-from tests.harness.broker import start_broker
+from tests.harness.broker import BrokerProcess, start_broker
 from tests.harness.ports import free_port
 from tests.harness.process import HTTPProcess
 
@@ -112,7 +112,7 @@ def start_cube(
 
 def start_broker_with_cube(
     env: Mapping[str, str], workdir: Path, *, refresh_interval: int | None = None
-) -> tuple[HTTPProcess, HTTPProcess]:
+) -> tuple[BrokerProcess, HTTPProcess]:
     """The broker (``env`` and ``workdir`` as for :func:`start_broker`) and the real Cube
     calling it back, both answering; the caller stops both.
 
@@ -125,7 +125,7 @@ def start_broker_with_cube(
     try:
         cube = start_cube(
             api_secret=env["CUBEJS_API_SECRET"],
-            broker_url=broker.url,
+            broker_url=broker.internal_url,
             callback_secret=env["BROKER_CALLBACK_SECRET"],
             port=cube_port,
             refresh_interval=refresh_interval,
