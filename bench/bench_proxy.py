@@ -71,7 +71,7 @@ from bench.common import (
     machine_busy_seconds,
 )
 from tests.harness import DATA, REPO
-from tests.harness.broker import start_broker
+from tests.harness.broker import BrokerProcess, start_broker
 from tests.harness.cube import start_broker_with_cube
 from tests.harness.http import request
 from tests.harness.keys import create_key_at
@@ -156,12 +156,12 @@ def created(folder: Path) -> Path:
     return folder
 
 
-def mint_token(broker_url: str) -> str:
+def mint_token(broker: BrokerProcess) -> str:
     """A new key's token for the model (the key holds every ``semantic_model`` right)."""
-    key, _ = create_key_at(broker_url, ADMIN_KEY, name="bench-proxy")
+    key, _ = create_key_at(broker.admin_url, ADMIN_KEY, name="bench-proxy")
     status, body = request(
         "POST",
-        f"{broker_url}/api/v0/semantic-model/{MODEL}/generate-token",
+        f"{broker.url}/api/v0/semantic-model/{MODEL}/generate-token",
         headers={"X-API-KEY": key},
     )
     if status != 200:
@@ -365,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
             )
             stack.callback(broker.stop)
             stack.callback(cube.stop)
-            token = mint_token(broker.url)
+            token = mint_token(broker)
             headers = {"Authorization": token}
             direct = Target(cube.url, {"Cube": cube.pid, "broker": broker.pid})
             via = Target(broker.url, {"Cube": cube.pid, "broker": broker.pid})
@@ -418,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
                 created(workdir / "broker-fixed"),
             )
             stack.callback(broker2.stop)
-            token = token or mint_token(broker2.url)
+            token = token or mint_token(broker2)
             headers = {"Authorization": token}
             for endpoint in endpoints:
                 status, got = request("GET", broker2.url + paths[endpoint], headers=headers)

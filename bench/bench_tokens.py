@@ -53,7 +53,7 @@ from bench.common import (
 )
 from broker.keys.rights import TOKEN_CREATE
 from tests.harness import REPO
-from tests.harness.broker import start_broker
+from tests.harness.broker import BrokerProcess, start_broker
 from tests.harness.http import request
 from tests.harness.keys import create_key_at
 from tests.harness.ports import free_port
@@ -67,7 +67,7 @@ TOKEN_PATH = f"/api/v0/semantic-model/{MODEL}/generate-token"
 # -- helpers ----------------------------------------------------------------------------
 
 
-def launch_broker(store_url: str, workdir: Path, log_level: str) -> HTTPProcess:
+def launch_broker(store_url: str, workdir: Path, log_level: str) -> BrokerProcess:
     """The broker on the sample registry, its log in ``workdir/broker-<level>/``."""
     env = broker_env(store_url, REPO / "config" / "models.yaml", log_level=log_level)
     folder = workdir / f"broker-{log_level.lower()}"
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             store_url = f"sqlite:///{workdir}/store/broker.db"
 
         server = stack.enter_context(launch_broker(store_url, workdir, "WARNING"))
-        key, _ = create_key_at(server.url, ADMIN_KEY, name="bench", rights=[TOKEN_CREATE])
+        key, _ = create_key_at(server.admin_url, ADMIN_KEY, name="bench", rights=[TOKEN_CREATE])
         headers = {"X-API-KEY": key}
         body = warm(server, key)
         if warm(server, key) != body:

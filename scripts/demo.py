@@ -38,7 +38,6 @@ from tests.harness.broker import start_broker  # noqa: E402  (after the sys.path
 from tests.harness.cube import start_cube  # noqa: E402
 from tests.harness.ports import free_port  # noqa: E402
 from tests.harness.postgres import ORDERS_ROWS, start_postgres  # noqa: E402
-from tests.harness.process import HTTPProcess  # noqa: E402
 from tests.harness.registry import write_registry  # noqa: E402
 
 #: The environment variable through which the broker gets the database password.
@@ -138,7 +137,7 @@ def demo(stack: ExitStack) -> None:
         workdir, postgres, models=REPO / "config" / "models", password_variable=PASSWORD_VARIABLE
     )
     cube_port = free_port()
-    broker: HTTPProcess = start_broker(
+    broker = start_broker(
         {
             "CUBEJS_API_SECRET": api_secret,
             "BROKER_CALLBACK_SECRET": callback_secret,
@@ -154,31 +153,39 @@ def demo(stack: ExitStack) -> None:
     )
     stack.callback(broker.stop)
     say(
-        f"{broker.url} (log {broker.log_path}); registry {registry}:", registry.read_text().rstrip()
+        f"public {broker.url}, admin {broker.admin_url}, internal {broker.internal_url}"
+        f" (log {broker.log_path}); registry {registry}:",
+        registry.read_text().rstrip(),
     )
 
     heading("3. Cube 0.33.65 with deploy/cube/cube.js (no database credentials of its own)")
     cube = start_cube(
         api_secret=api_secret,
-        broker_url=broker.url,
+        broker_url=broker.internal_url,
         callback_secret=callback_secret,
         port=cube_port,
     )
     stack.callback(cube.stop)
-    say(f"{cube.url}: CUBEJS_API_SECRET, BROKER_INTERNAL_URL={broker.url}, BROKER_CALLBACK_SECRET")
+    say(
+        f"{cube.url}: CUBEJS_API_SECRET, BROKER_INTERNAL_URL={broker.internal_url},"
+        " BROKER_CALLBACK_SECRET"
+    )
 
-    b = broker.url
-    say(f"\nIn the commands below: B={b}, ADMIN_KEY=<the admin key>, KEY and TOKEN as made.")
+    b, a = broker.url, broker.admin_url
+    say(
+        f"\nIn the commands below: B={b} (public), A={a} (admin), ADMIN_KEY=<the admin key>,"
+        " KEY and TOKEN as made."
+    )
 
     heading("4. Create an Athena key (admin API)")
     new_key = {"name": "demo", "rights": ["semantic_model.*"]}
     status, created = call(
-        "POST", f"{b}/admin/api-keys", headers={"X-API-Key": admin_key}, body=new_key
+        "POST", f"{a}/admin/api-keys", headers={"X-API-Key": admin_key}, body=new_key
     )
     expect(status, created, 201, "creating a key")
     key: str = created["api_key"]
     show(
-        'curl -s -X POST $B/admin/api-keys -H "X-API-Key: $ADMIN_KEY" '
+        'curl -s -X POST $A/admin/api-keys -H "X-API-Key: $ADMIN_KEY" '
         f"-H 'Content-Type: application/json' -d '{json.dumps(new_key)}'",
         {**created, "api_key": abridged(key)},
     )
