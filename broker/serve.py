@@ -77,10 +77,8 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        for listener, host, port, variables in _listeners(settings):
-            for bound in await _listen(runner, host, port, variables):
-                app[LISTENERS].bind(bound, listener)
-                log.info("%s listener on http://%s", listener, _address(host, bound))
+        for listener, host, port in await bind_listeners(runner, settings):
+            log.info("%s listener on http://%s", listener, _address(host, port))
         log.info(
             "broker listening (public URL %s, event loop %s)",
             settings.public_url,
@@ -100,6 +98,18 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     finally:
         await runner.cleanup()
     log.info("stopped")
+
+
+async def bind_listeners(runner: web.AppRunner, settings: Settings) -> list[tuple[str, str, int]]:
+    """Start the three listeners' sites on ``runner`` and tell its app which bound port is
+    which; ``(listener, host, port)`` of every bound socket. Raises ``ConfigError`` naming
+    the variables of an address that cannot be bound."""
+    bound = []
+    for listener, host, port, variables in _listeners(settings):
+        for actual in await _listen(runner, host, port, variables):
+            runner.app[LISTENERS].bind(actual, listener)
+            bound.append((listener, host, actual))
+    return bound
 
 
 def _listeners(settings: Settings) -> list[tuple[str, str, int, str]]:

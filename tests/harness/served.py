@@ -12,6 +12,7 @@ from aiohttp import web
 
 from broker.app import create_app
 from broker.http.server import BrokerRunner
+from broker.serve import bind_listeners
 from broker.settings import Settings
 
 
@@ -62,3 +63,22 @@ async def read_answer(reader: asyncio.StreamReader, within: float = 2.0) -> tupl
         )
         body = await reader.readexactly(length)
     return int(head.split(" ", 2)[1]), body, head
+
+
+@dataclass(frozen=True)
+class Listening:
+    """The app served on its three listeners (free ports), as ``cube-broker serve`` does."""
+
+    app: web.Application
+    urls: dict[str, str]  # listener -> base URL
+
+
+@contextlib.asynccontextmanager
+async def serve_listeners(settings: Settings) -> AsyncIterator[Listening]:
+    runner = BrokerRunner(create_app(settings))
+    await runner.setup()
+    try:
+        bound = await bind_listeners(runner, settings)
+        yield Listening(runner.app, {name: f"http://{host}:{port}" for name, host, port in bound})
+    finally:
+        await runner.cleanup()
