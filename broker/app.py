@@ -77,7 +77,8 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    store = open_store(app[SETTINGS].store_url)
+    settings = app[SETTINGS]
+    store = open_store(settings.store_url, redis_options=settings.redis_options())
     app[STORE] = store
     try:
         yield

@@ -102,7 +102,7 @@ def _run(argv: Sequence[str] | None) -> int:
 def check_config(settings: Settings) -> int:
     """Validate the settings (done by now), the registry and the store, serving nothing."""
     registry = load_registry(settings.models_path)
-    store = asyncio.run(_check_store(settings.store_url))
+    store = asyncio.run(_check_store(settings))
     print(
         f"configuration OK: {len(registry)} model(s), store {store}; serve would listen on "
         f"{settings.host}:{settings.port} (public URL {settings.public_url})"
@@ -110,14 +110,15 @@ def check_config(settings: Settings) -> int:
     return 0
 
 
-async def _check_store(url: str) -> str:
+async def _check_store(settings: Settings) -> str:
     """How the store stands, for the OK line: it answers within :data:`CHECK_TIMEOUT`, or
     it is a SQLite file that does not exist yet and that ``serve`` can create (checked
     without creating it). Raises ``ConfigError`` for a store that cannot be created,
     ``StoreUnavailable`` for one that does not answer."""
+    url = settings.store_url
     scheme = url.partition("://")[0]  # never the rest: it may hold a password
     try:
-        store = open_store(url)
+        store = open_store(url, redis_options=settings.redis_options())
     except ValueError as exc:
         raise ConfigError(f"BROKER_STORE: {exc}") from None
     try:

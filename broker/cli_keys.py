@@ -244,7 +244,7 @@ Action = Callable[[KeyAdmin, argparse.Namespace, TextIO], Awaitable[None]]
 
 
 async def _with_admin(settings: Settings, action: Action, args: argparse.Namespace) -> int:
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, redis_options=settings.redis_options())
     try:
         missing = missing_sqlite_file(store)
         if missing is not None and args.action not in _CREATING_ACTIONS:

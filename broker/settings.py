@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from broker.errors import ConfigError
+from broker.store.redis_connect import SCHEMES as REDIS_SCHEMES
+from broker.store.redis_connect import RedisOptions, parse_redis_url
 from broker.support.secret import Secret
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -56,18 +58,15 @@ def _store_url(raw: str) -> str:
         if not raw.startswith("sqlite:///") or len(raw) <= len("sqlite:///"):
             raise ValueError("must look like sqlite:///relative/path.db or sqlite:////abs/path.db")
         return raw
-    if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ValueError(f"a {parts.scheme}:// URL needs a host")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        db = parts.path.lstrip("/")
-        if db and not (db.isascii() and db.isdigit()):
-            raise ValueError(f"database must be a number, got {db!r}")
-        return raw
-    raise ValueError("must start with sqlite:///, redis:// or rediss://")
+    try:
+        parse_redis_url(raw)
+    except ValueError as exc:
+        if raw.partition("://")[0] in REDIS_SCHEMES:
+            raise
+        raise ValueError(
+            "must start with sqlite:///, " + ", ".join(s + "://" for s in REDIS_SCHEMES)
+        ) from exc
+    return raw
 
 
 def _secret(min_bytes: int) -> Callable[[str], Secret]:
@@ -221,7 +220,36 @@ class Settings:
         "BROKER_STORE",
         parse=_store_url,
         default="sqlite:///./var/broker.db",
-        help="sqlite:///path (embedded, one replica) or redis://host:port/db, rediss://...",
+        help="sqlite:///path (embedded, one replica); redis://host:port/db or rediss://… (one "
+        "Redis server); redis+sentinel://h1:p1,h2:p2/service_name/db (Sentinel: follows "
+        "failovers); redis+cluster://h1:p1,h2:p2 (Cluster); rediss+sentinel://, "
+        "rediss+cluster:// over TLS.",
+    )
+    store_password_file: Path | None = _var(
+        "BROKER_STORE_PASSWORD_FILE",
+        parse=Path,
+        default=None,
+        help="File holding the Redis password, read at start and at every reconnect (a "
+        "rotated secret needs no restart); else a password in the URL is used.",
+    )
+    store_tls_ca_file: Path | None = _var(
+        "BROKER_STORE_TLS_CA_FILE",
+        parse=Path,
+        default=None,
+        help="CA bundle that signed the Redis server's certificate (TLS forms); default "
+        "the system CAs.",
+    )
+    store_tls_cert_file: Path | None = _var(
+        "BROKER_STORE_TLS_CERT_FILE",
+        parse=Path,
+        default=None,
+        help="Client certificate presented to Redis over TLS.",
+    )
+    store_tls_key_file: Path | None = _var(
+        "BROKER_STORE_TLS_KEY_FILE",
+        parse=Path,
+        default=None,
+        help="Key of the client certificate.",
     )
     models_path: Path = _var(
         "BROKER_MODELS",
@@ -339,6 +367,15 @@ class Settings:
                 f"BROKER_TOKEN_MIN_REMAINING: must be below BROKER_TOKEN_TTL "
                 f"({self.token_ttl}), got {self.token_min_remaining}"
             )
+
+    def redis_options(self) -> RedisOptions:
+        """What the ``BROKER_STORE_*`` settings add to a Redis ``BROKER_STORE`` URL."""
+        return RedisOptions(
+            password_file=self.store_password_file,
+            tls_ca_file=self.store_tls_ca_file,
+            tls_cert_file=self.store_tls_cert_file,
+            tls_key_file=self.store_tls_key_file,
+        )
 
     @classmethod
     def variables(cls) -> list[Var]:

@@ -538,10 +538,12 @@ async def test_rate_limit_is_atomic_across_instances(store_url: str) -> None:
 async def test_rate_limit_frees_marked_requests(store: Store) -> None:
     assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-1") == 0.0
     assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-1") > 0
-    await store.mark("poll-1", 5)
+    await store.mark("k", "poll-1", 5)
     for _ in range(3):
         assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-1") == 0.0
     assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-2") > 0
+    await store.mark("other", "poll-3", 5)  # a mark belongs to its bucket
+    assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-3") > 0
 
 
 async def test_rate_limit_recovers_after_the_interval(store: Store) -> None:

@@ -114,9 +114,10 @@ class KeyPolicy:
         limit = record.rate_limit_per_minute
         if limit <= 0:
             return
-        mark = f"{record.id}:{poll}" if poll else None
         try:
-            wait = await self._store.hit_rate_limit(f"key:{record.id}", limit, RATE_PERIOD, mark)
+            wait = await self._store.hit_rate_limit(
+                _bucket(record), limit, RATE_PERIOD, poll or None
+            )
         except StoreUnavailable:
             self._metrics.store_errors.inc()
             log.warning("rate limiter unavailable; letting the request through")
@@ -130,6 +131,11 @@ class KeyPolicy:
         if record.rate_limit_per_minute <= 0 or not poll:
             return
         try:
-            await self._store.mark(f"{record.id}:{poll}", POLL_GRACE)
+            await self._store.mark(_bucket(record), poll, POLL_GRACE)
         except StoreUnavailable:
             self._metrics.store_errors.inc()
+
+
+def _bucket(record: KeyRecord) -> str:
+    """The key's rate-limit bucket in the store."""
+    return f"key:{record.id}"

@@ -130,11 +130,12 @@ class Store(abc.ABC):
         (GCRA: a burst of ``limit``, then one per ``period / limit``), atomic across
         replicas. Returns ``0.0`` when allowed (and counted), else the seconds until a
         request would be allowed (nothing counted). When ``free_if_marked`` names a live
-        mark (:meth:`mark`), the request is allowed without being counted."""
+        mark of this bucket (:meth:`mark`), the request is allowed without being counted."""
 
     @abc.abstractmethod
-    async def mark(self, name: str, ttl: float) -> None:
-        """Set the mark ``name`` for ``ttl`` seconds (for :meth:`hit_rate_limit`)."""
+    async def mark(self, bucket: str, name: str, ttl: float) -> None:
+        """Set the mark ``name`` of ``bucket`` for ``ttl`` seconds (for
+        :meth:`hit_rate_limit`)."""
 
     @abc.abstractmethod
     async def count_failure(self, subject: str, window: float) -> tuple[int, float]:

@@ -1,23 +1,36 @@
-"""The Redis backend: one store shared by many replicas.
+"""The Redis backend: one store shared by many replicas, on one Redis server, Sentinel or
+Cluster (:mod:`broker.store.redis_connect` connects to each).
 
-Keys (all under ``broker:``):
+Keys, all under ``broker:``, laid out for Redis Cluster: a script may only touch keys of
+one hash slot, and the ``{…}`` part of a key name (its hash tag) is what picks the slot.
 
-* ``key:{id}`` — hash: ``doc`` (the record's JSON), ``version``, ``writer`` (a nonce of
-  the last write, so a write retried after a lost reply recognizes itself);
-* ``pub:{public_id}`` — the record's id;
-* ``keys`` — sorted set of every record's ``sort_key`` (all scores 0: ordered
-  lexicographically, listed with ``ZRANGEBYLEX``);
-* ``feed:seq`` — the change counter; ``feed`` — sorted set, score ``seq``, member
-  ``"{seq}:{public_id}"``, trimmed to the last ``feed_length`` entries;
-* ``tok:{cache_key}`` — a cached token's JSON, expiring at ``keep_until``;
-* ``jti:{jti}`` — the minting key's ``public_id``, expiring with the token;
-* ``rl:{bucket}`` — a rate limiter's theoretical arrival time (GCRA); ``mark:{name}`` —
-  a mark that lets a request through the limiter uncounted; ``fail:{subject}`` — failed
-  authentications in the current window.
+* Tag ``{k}`` — every key record, its indexes, the change feed and the ``jti`` index, in
+  one slot, because the write scripts touch them together (a record and its feed entry in
+  one atomic step; a listing reads records in order) and a revoke must never be seen
+  without its feed entry:
+  ``{k}:key:{id}`` (hash: ``doc`` the record's JSON, ``version``, ``writer`` a nonce of the
+  last write, so a write retried after a lost reply recognizes itself), ``{k}:pub:{public_id}``
+  (the record's id), ``{k}:keys`` (sorted set of every record's ``sort_key``, scores 0,
+  listed with ``ZRANGEBYLEX``), ``{k}:feed:seq`` (the change counter), ``{k}:feed``
+  (sorted set, score ``seq``, member ``"{seq}:{public_id}"``, trimmed to ``feed_length``),
+  ``{k}:jti:{jti}`` (the minting key's ``public_id``, expiring with the token).
+* The per-request keys, each under a tag of its own so they spread over the shards:
+  ``tok:{cache_key}`` (a cached token's JSON, until ``keep_until``), ``rl:{bucket}`` (a
+  rate limiter's theoretical arrival time, GCRA) with ``rl:{bucket}:mark:{name}`` beside
+  it in the same slot (a mark that lets a request through that limiter uncounted: the
+  limiter's script reads both), ``fail:{subject}`` (failed authentications in the
+  current window).
 
-Every write is one Lua script, so it and its change-feed entry are atomic. ``update_key``
+Every key write is one Lua script, so it and its change-feed entry are atomic. ``update_key``
 is optimistic: read, ``mutate`` in Python, then a compare-and-set script that writes only
-if the version is still the one read, retried a bounded number of times.
+if the version is still the one read, retried a bounded number of times. A token is added
+in two steps: its ``jti`` first (in ``{k}``), then the set-if-absent of the cached token (in
+its own slot); a replica that loses the race deletes the ``jti`` it wrote (its token is
+never handed out).
+
+Durability: where the deployment has replicas (Sentinel; a single server that reports
+connected replicas), every key write is followed by ``WAIT 1`` on the same connection, and
+a write no replica acknowledged in time is ``StoreUnavailable``, never reported done.
 
 The client connects lazily, with short timeouts and a single immediate retry (which
 replaces a pooled connection killed by a Redis restart), and every exchange is bounded as
@@ -29,15 +42,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from broker.errors import StoreUnavailable
@@ -50,6 +62,7 @@ from broker.store.common import (
     encode_token,
     next_version,
 )
+from broker.store.redis_connect import SINGLE, RedisOptions, connect, parse_redis_url
 
 #: Optimistic ``update_key`` attempts before giving up: each lost attempt means another
 #: writer won, so this bounds the writers one update can wait for.
@@ -120,17 +133,6 @@ if #members ~= head - since then return {head, 1} end
 return {head, 0, members}
 """
 
-# KEYS[1] = tok:{cache_key}, KEYS[2] = jti:{jti}. ARGV[1] = token JSON, ARGV[2] = its
-# time to live (ms), ARGV[3] = public_id, ARGV[4] = the jti's time to live (ms).
-# Returns the cached token JSON (ARGV[1] when this call won).
-_SET_IF_ABSENT = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-  return ARGV[1]
-end
-return redis.call('GET', KEYS[1])
-"""
-
 # KEYS[1] = rl:{bucket}, KEYS[2] = mark:{name} (or rl:{bucket} when there is none).
 # ARGV[1] = limit, ARGV[2] = period (s), ARGV[3] = '1' when KEYS[2] is a mark.
 # Returns the seconds to wait as a string ('0' when allowed). Same arithmetic as
@@ -171,38 +173,41 @@ def _feed_base() -> int:
 
 
 class RedisStore(Store):
-    """A :class:`Store` in Redis (``redis://`` or ``rediss://`` URL)."""
+    """A :class:`Store` in Redis (any URL form of :mod:`broker.store.redis_connect`)."""
 
     def __init__(
         self,
         url: str,
         *,
+        options: RedisOptions | None = None,
         feed_length: int = CHANGE_FEED_LENGTH,
         prefix: str = "broker:",
         connect_timeout: float = 1.0,
         read_timeout: float = 1.0,
         call_timeout: float = 0.6,
+        wait_timeout: float = 0.4,
     ) -> None:
         if feed_length < 1:
             raise ValueError("feed_length must be at least 1")
         self._feed_length = feed_length
         self._prefix = prefix
-        self._redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=read_timeout,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 1),
+        self._target = parse_redis_url(url)
+        self._redis = connect(
+            self._target,
+            options or RedisOptions(),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
         self._insert = self._redis.register_script(_INSERT)
         self._compare_and_set = self._redis.register_script(_COMPARE_AND_SET)
         self._changes = self._redis.register_script(_CHANGES)
-        self._set_if_absent = self._redis.register_script(_SET_IF_ABSENT)
         self._gcra = self._redis.register_script(_GCRA)
         self._count_failure = self._redis.register_script(_COUNT_FAILURE)
-        self._feed_keys = [self._key("feed:seq"), self._key("feed")]
+        self._feed_keys = [self._k("feed:seq"), self._k("feed")]
         self._call_timeout = call_timeout
+        self._wait_ms = max(1, int(wait_timeout * 1000))
+        self._replicas_checked_at = -math.inf
+        self._has_replicas = self._target.replicated
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -217,8 +222,45 @@ class RedisStore(Store):
         except TimeoutError:
             raise StoreUnavailable("The Redis store did not answer in time.") from None
 
-    def _key(self, *parts: str) -> str:
-        return self._prefix + ":".join(parts)
+    def _k(self, *parts: str) -> str:
+        """A key in the ``{k}`` slot: records, their indexes, the feed, the ``jti`` index."""
+        return f"{self._prefix}{{k}}:" + ":".join(parts)
+
+    def _own(self, kind: str, name: str, *rest: str) -> str:
+        """A per-request key in a slot of its own: ``kind:{name}[:rest]``."""
+        return f"{self._prefix}{kind}:{{{name}}}" + "".join(f":{r}" for r in rest)
+
+    async def _write(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        """Run a key-writing script; where the deployment has replicas, return only once
+        one acknowledged it (``WAIT 1`` on the connection that wrote)."""
+        if not await self._replicated():
+            async with self._call():
+                return await script(keys=keys, args=args)
+        async with self._call(), self._redis.pipeline(transaction=False) as pipe:
+            # redis-py queues a script on a pipeline (loading it first if need be);
+            # its annotation names only clients
+            await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            pipe.execute_command("WAIT", 1, self._wait_ms)
+            result, acknowledged = await pipe.execute()
+        if int(acknowledged) < 1:
+            raise StoreUnavailable(
+                "No Redis replica acknowledged the change in time; it may not be durable."
+            )
+        return result
+
+    async def _replicated(self) -> bool:
+        """Whether writes wait for a replica: always on Sentinel; on one server, while it
+        reports connected replicas (asked at most every 10 s). A Cluster's writes go
+        unwaited: its client cannot send WAIT on the connection that wrote."""
+        if self._target.kind != SINGLE:
+            return self._has_replicas
+        now = time.monotonic()
+        if now - self._replicas_checked_at > 10:
+            async with self._call():
+                info = await self._redis.info("replication")
+            self._has_replicas = int(info.get("connected_slaves", 0)) > 0
+            self._replicas_checked_at = now
+        return self._has_replicas
 
     async def ping(self) -> None:
         async with self._call():
@@ -236,9 +278,9 @@ class RedisStore(Store):
     async def insert_key(self, record: KeyRecord) -> None:
         keys = [
             *self._feed_keys,
-            self._key("key", record.id),
-            self._key("pub", record.public_id),
-            self._key("keys"),
+            self._k("key", record.id),
+            self._k("pub", record.public_id),
+            self._k("keys"),
         ]
         args: list[str | int] = [
             record.public_id,
@@ -250,19 +292,18 @@ class RedisStore(Store):
             secrets.token_hex(8),
             _feed_base(),
         ]
-        async with self._call():
-            inserted = await self._insert(keys=keys, args=args)
+        inserted = await self._write(self._insert, keys, args)
         if inserted != 1:
             raise ValueError("a key with this id or public_id exists")
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         async with self._call():
-            doc = _text(await self._redis.hget(self._key("key", key_id), "doc"))
+            doc = _text(await self._redis.hget(self._k("key", key_id), "doc"))
         return None if doc is None else decode_record(doc)
 
     async def find_key(self, public_id: str) -> KeyRecord | None:
         async with self._call():
-            key_id = _text(await self._redis.get(self._key("pub", public_id)))
+            key_id = _text(await self._redis.get(self._k("pub", public_id)))
         return None if key_id is None else await self.get_key(key_id)
 
     async def list_keys(self, limit: int, after: str | None = None) -> list[KeyRecord]:
@@ -271,13 +312,13 @@ class RedisStore(Store):
         start = "-" if after is None else "(" + after
         async with self._call():
             sort_keys = await self._redis.zrangebylex(
-                self._key("keys"), start, "+", start=0, num=limit
+                self._k("keys"), start, "+", start=0, num=limit
             )
             if not sort_keys:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sort_key in sort_keys:
-                    pipe.hget(self._key("key", _str(sort_key).split(":", 1)[1]), "doc")
+                    pipe.hget(self._k("key", _str(sort_key).split(":", 1)[1]), "doc")
                 docs: list[str | None] = await pipe.execute()
         return [decode_record(doc) for doc in docs if doc is not None]
 
@@ -289,7 +330,7 @@ class RedisStore(Store):
             if current is None:
                 return None
             new = next_version(current, mutate)
-            keys = [*self._feed_keys, self._key("key", key_id)]
+            keys = [*self._feed_keys, self._k("key", key_id)]
             args: list[str | int] = [
                 new.public_id,
                 self._feed_length,
@@ -300,8 +341,11 @@ class RedisStore(Store):
                 int(announce),
                 _feed_base(),
             ]
-            async with self._call():
-                outcome = await self._compare_and_set(keys=keys, args=args)
+            if announce:
+                outcome = await self._write(self._compare_and_set, keys, args)
+            else:  # usage counts: no check depends on them, no replica is waited for
+                async with self._call():
+                    outcome = await self._compare_and_set(keys=keys, args=args)
             if outcome == 1:
                 return new
             if outcome == -1:
@@ -325,37 +369,39 @@ class RedisStore(Store):
 
     async def get_token(self, cache_key: str) -> MintedToken | None:
         async with self._call():
-            text = _text(await self._redis.get(self._key("tok", cache_key)))
+            text = _text(await self._redis.get(self._own("tok", cache_key)))
         return None if text is None else decode_token(text)
 
     async def add_token(self, cache_key: str, token: MintedToken, keep_until: float) -> MintedToken:
-        keys = [self._key("tok", cache_key), self._key("jti", token.jti)]
         text = encode_token(token)
+        lifetime = max(1, int((token.expires_at - time.time()) * 1000))
+        async with self._call():
+            # the jti first: no token is handed out before its owner is on record
+            await self._redis.set(self._k("jti", token.jti), token.public_id, px=lifetime)
+        key = self._own("tok", cache_key)
         for _ in range(3):
-            now = time.time()
-            args: list[str | int] = [
-                text,
-                max(1, int((keep_until - now) * 1000)),
-                token.public_id,
-                max(1, int((token.expires_at - now) * 1000)),
-            ]
+            keep = max(1, int((keep_until - time.time()) * 1000))
             async with self._call():
-                cached = await self._set_if_absent(keys=keys, args=args)
+                if await self._redis.set(key, text, nx=True, px=keep):
+                    return token
+                cached = _text(await self._redis.get(key))
             if cached is not None:
-                return token if cached == text else decode_token(cached)
+                async with self._call():  # this token is never handed out: forget its jti
+                    await self._redis.delete(self._k("jti", token.jti))
+                return decode_token(cached)
         raise StoreUnavailable("The Redis store kept losing a cached token while adding one.")
 
     async def token_owner(self, jti: str) -> str | None:
         async with self._call():
-            return _text(await self._redis.get(self._key("jti", jti)))
+            return _text(await self._redis.get(self._k("jti", jti)))
 
     # -- limits --------------------------------------------------------------------------
 
     async def hit_rate_limit(
         self, bucket: str, limit: int, period: float, free_if_marked: str | None = None
     ) -> float:
-        counter = self._key("rl", bucket)
-        marker = self._key("mark", free_if_marked) if free_if_marked is not None else counter
+        counter = self._own("rl", bucket)
+        marker = self._own("rl", bucket, "mark", free_if_marked) if free_if_marked else counter
         async with self._call():
             wait = await self._gcra(
                 keys=[counter, marker],
@@ -363,14 +409,16 @@ class RedisStore(Store):
             )
         return float(wait)
 
-    async def mark(self, name: str, ttl: float) -> None:
+    async def mark(self, bucket: str, name: str, ttl: float) -> None:
         async with self._call():
-            await self._redis.set(self._key("mark", name), "1", px=max(1, int(ttl * 1000)))
+            await self._redis.set(
+                self._own("rl", bucket, "mark", name), "1", px=max(1, int(ttl * 1000))
+            )
 
     async def count_failure(self, subject: str, window: float) -> tuple[int, float]:
         async with self._call():
             count, left = await self._count_failure(
-                keys=[self._key("fail", subject)], args=[max(1, int(window * 1000))]
+                keys=[self._own("fail", subject)], args=[max(1, int(window * 1000))]
             )
         return int(count), int(left) / 1000
 

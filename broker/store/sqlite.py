@@ -316,7 +316,8 @@ class SQLiteStore(Store):
                 if (
                     free_if_marked is not None
                     and conn.execute(
-                        "SELECT 1 FROM marks WHERE name = ? AND until > ?", (free_if_marked, now)
+                        "SELECT 1 FROM marks WHERE name = ? AND until > ?",
+                        (f"{bucket}:{free_if_marked}", now),
                     ).fetchone()
                 ):
                     return 0.0
@@ -335,12 +336,12 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
-    async def mark(self, name: str, ttl: float) -> None:
+    async def mark(self, bucket: str, name: str, ttl: float) -> None:
         def work(conn: sqlite3.Connection) -> None:
             with _immediate(conn):
                 conn.execute(
                     "INSERT OR REPLACE INTO marks (name, until) VALUES (?, ?)",
-                    (name, time.time() + ttl),
+                    (f"{bucket}:{name}", time.time() + ttl),
                 )
             self._wrote(conn)
 
