@@ -20,6 +20,7 @@ from broker.http.middlewares import broker_middleware
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
 from broker.keys.policy import KeyPolicy
+from broker.keys.retention import purge_audit
 from broker.keys.usage import UsageRecorder
 from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher, load_registry
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_key_change_feed)
     app.cleanup_ctx.append(_usage_flushing)
     app.cleanup_ctx.append(_registry_polling)
+    app.cleanup_ctx.append(_audit_retention)
     setup_routes(app)
     return app
 
@@ -127,6 +129,11 @@ async def _usage_flushing(app: web.Application) -> AsyncIterator[None]:
 
 async def _registry_polling(app: web.Application) -> AsyncIterator[None]:
     async with _background(app[REGISTRY].run(app[SETTINGS].models_poll_interval)):
+        yield
+
+
+async def _audit_retention(app: web.Application) -> AsyncIterator[None]:
+    async with _background(purge_audit(app[STORE], app[SETTINGS].audit_retention_days)):
         yield
 
 

@@ -20,6 +20,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_patch("/admin/api-keys/{id}", admin.update_key)
     r.add_delete("/admin/api-keys/{id}", admin.revoke_key)
     r.add_post("/admin/api-keys/{id}/rotate", admin.rotate_key)
+    r.add_get("/admin/audit-events", admin.audit_events)
 
     model = "/api/v0/semantic-model/{asset_id}"
     r.add_post(f"{model}/generate-token", semantic.generate_token)

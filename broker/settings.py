@@ -334,6 +334,12 @@ class Settings:
         default="2",
         help="Seconds between checks of the model files for changes (SIGHUP reloads at once).",
     )
+    audit_retention_days: int = _var(
+        "BROKER_AUDIT_RETENTION_DAYS",
+        parse=_int_in(1, 36500),
+        default="90",
+        help="Days audit events are kept in the store (older ones are purged hourly).",
+    )
     body_memory: int = _var(
         "BROKER_BODY_MEMORY",
         parse=_int_in(1024 * 1024, 2**40),

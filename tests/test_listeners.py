@@ -35,6 +35,7 @@ ROUTES = {
         ("PATCH", "/admin/api-keys/abcdefghijklmnop"),
         ("DELETE", "/admin/api-keys/abcdefghijklmnop"),
         ("POST", "/admin/api-keys/abcdefghijklmnop/rotate"),
+        ("GET", "/admin/audit-events"),
         ("GET", "/metrics"),
     ],
     INTERNAL: [
@@ -126,6 +127,7 @@ async def test_each_listener_describes_its_own_routes(listening: Listening) -> N
         "/admin/api-keys",
         "/admin/api-keys/{id}",
         "/admin/api-keys/{id}/rotate",
+        "/admin/audit-events",
     }
 
 

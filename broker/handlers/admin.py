@@ -8,8 +8,9 @@ from broker.errors import AdminDisabled, AuthFailure, FieldError, Unauthorized, 
 from broker.handlers import NO_STORE
 from broker.http.requests import admin_credential, read_json_object
 from broker.keys.admin import DEFAULT_PAGE, MAX_PAGE
+from broker.keys.audit import Actor
 from broker.keys.validation import validate_create, validate_patch, validate_rotate
-from broker.state import KEY_ADMIN, KEY_PUBLIC_ID, SETTINGS
+from broker.state import CLIENT_IP, KEY_ADMIN, KEY_PUBLIC_ID, REQUEST_ID, SETTINGS
 
 
 def require_admin(request: web.Request) -> None:
@@ -26,7 +27,7 @@ def require_admin(request: web.Request) -> None:
 async def create_key(request: web.Request) -> web.Response:
     require_admin(request)
     values = validate_create(await read_json_object(request))
-    plaintext, record = await request.app[KEY_ADMIN].create(values)
+    plaintext, record = await request.app[KEY_ADMIN].create(values, _actor(request))
     request[KEY_PUBLIC_ID] = record.public_id
     return web.json_response(
         {"api_key": plaintext, "record": record.public()}, status=201, headers=NO_STORE
@@ -49,21 +50,37 @@ async def show_key(request: web.Request) -> web.Response:
 async def update_key(request: web.Request) -> web.Response:
     require_admin(request)
     changes = validate_patch(await read_json_object(request))
-    record = await request.app[KEY_ADMIN].update(request.match_info["id"], changes)
+    record = await request.app[KEY_ADMIN].update(request.match_info["id"], changes, _actor(request))
     return web.json_response(record.public())
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     require_admin(request)
-    await request.app[KEY_ADMIN].revoke(request.match_info["id"])
+    await request.app[KEY_ADMIN].revoke(request.match_info["id"], _actor(request))
     return web.Response(status=204)
 
 
 async def rotate_key(request: web.Request) -> web.Response:
     require_admin(request)
     grace = validate_rotate(await read_json_object(request, optional=True))
-    plaintext, record = await request.app[KEY_ADMIN].rotate(request.match_info["id"], grace)
+    plaintext, record = await request.app[KEY_ADMIN].rotate(
+        request.match_info["id"], grace, _actor(request)
+    )
     return web.json_response({"api_key": plaintext, "record": record.public()}, headers=NO_STORE)
+
+
+async def audit_events(request: web.Request) -> web.Response:
+    require_admin(request)
+    limit = _limit(request.query.get("limit"))
+    events, cursor = await request.app[KEY_ADMIN].audit_events(
+        limit, request.query.get("cursor"), request.query.get("key")
+    )
+    return web.json_response({"events": [e.to_doc() for e in events], "next_cursor": cursor})
+
+
+def _actor(request: web.Request) -> Actor:
+    """The admin API as the audit trail names it: the caller's address, the request ID."""
+    return Actor("admin-api", request[CLIENT_IP], request[REQUEST_ID])
 
 
 def _limit(raw: str | None) -> int:

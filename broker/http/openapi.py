@@ -136,6 +136,28 @@ def _admin_paths() -> Json:
             ),
             "delete": admin("Revoke a key (final)", "204", params=[_ID]),
         },
+        "/admin/audit-events": {
+            "get": admin(
+                "The audit trail of key changes, newest first",
+                "200",
+                params=[
+                    *_PAGE,
+                    {
+                        "name": "key",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "Only this key's events: its UUID or public_id.",
+                    },
+                ],
+                ok_schema={
+                    "type": "object",
+                    "properties": {
+                        "events": {"type": "array", "items": {"type": "object"}},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                },
+            ),
+        },
         "/admin/api-keys/{id}/rotate": {
             "post": admin(
                 "New secret, same public_id",

@@ -10,6 +10,7 @@ import re
 from datetime import datetime
 
 from broker.errors import IPNotAllowed, RateLimited, StoreUnavailable, Unauthorized
+from broker.keys import audit
 from broker.keys.record import KeyRecord
 from broker.keys.usage import UsageRecorder
 from broker.store import Store
@@ -100,7 +101,19 @@ class KeyPolicy:
         are counted in batches. Raises ``IPNotAllowed``."""
         now = utcnow()
         if record.virgin_mode:
-            updated = await self._store.update_key(record.id, lambda r: virgin_use(r, ip, now))
+            locks: list[audit.AuditEvent] = []
+
+            def lock_event(old: KeyRecord, new: KeyRecord) -> audit.AuditEvent | None:
+                locks[:] = []
+                if new.locked and not old.locked:
+                    locks.append(audit.event(audit.LOCK, old, new, audit.Actor("broker", ip)))
+                return locks[0] if locks else None
+
+            updated = await self._store.update_key(
+                record.id, lambda r: virgin_use(r, ip, now), audit=lock_event
+            )
+            for locked in locks:
+                audit.log_event(locked)
             return updated if updated is not None else record
         check_ip(record, ip)
         self._usage.record(record.id, now)

@@ -18,8 +18,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
+from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
+
+#: Gives the audit event of a change from the old record to the new one (or ``None``).
+Auditor = Callable[[KeyRecord, KeyRecord], AuditEvent | None]
 
 #: How many change-feed entries a backend keeps; a reader further behind gets ``reset``.
 CHANGE_FEED_LENGTH = 10_000
@@ -64,9 +69,10 @@ class Store(abc.ABC):
     # -- key records ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def insert_key(self, record: KeyRecord) -> None:
-        """Store a new record. ``id`` and ``public_id`` are unique; inserting a record whose
-        ``id`` or ``public_id`` exists raises ``ValueError`` and changes nothing."""
+    async def insert_key(self, record: KeyRecord, audit: AuditEvent | None = None) -> None:
+        """Store a new record (and its audit event, in the same atomic step). ``id`` and
+        ``public_id`` are unique; inserting a record whose ``id`` or ``public_id`` exists
+        raises ``ValueError`` and changes nothing."""
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -83,7 +89,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_key(
-        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord], *, announce: bool = True
+        self,
+        key_id: str,
+        mutate: Callable[[KeyRecord], KeyRecord],
+        *,
+        announce: bool = True,
+        audit: Auditor | None = None,
     ) -> KeyRecord | None:
         """Atomic read-modify-write of one record.
 
@@ -94,8 +105,23 @@ class Store(abc.ABC):
         propagate and nothing is written. ``id``, ``public_id`` and ``created_at`` must not
         change. With ``announce=False`` the write gets no change-feed entry: only for
         changes no replica's cached copy needs to see (usage counts of keys whose checks
-        do not depend on them).
+        do not depend on them). ``audit(old, new)`` (pure too) gives the event to store in
+        the same atomic step, or ``None`` for none.
         """
+
+    # -- audit trail ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def audit_events(
+        self, limit: int, before: str | None = None, key_id: str | None = None
+    ) -> list[AuditEvent]:
+        """Up to ``limit`` events, newest first, strictly before the sort key ``before``
+        (:attr:`AuditEvent.sort_key`; from the newest when ``None``), only those of
+        ``key_id`` when given."""
+
+    @abc.abstractmethod
+    async def purge_audit(self, older_than: datetime, batch: int = 1000) -> int:
+        """Delete up to ``batch`` events from before ``older_than``; how many were."""
 
     @abc.abstractmethod
     async def key_changes(self, since: int | None) -> KeyChanges:
@@ -113,7 +139,8 @@ class Store(abc.ABC):
         """Cache ``token`` under ``cache_key`` until the epoch time ``keep_until``, unless a
         live token is already cached there: set-if-absent, atomic across replicas. Returns
         the cached token, which is ``token`` only if this call won. The winner's ``jti`` is
-        recorded (see :meth:`token_owner`) in the same atomic step."""
+        recorded (see :meth:`token_owner`) no later than its token is cached; a loser's is
+        not kept."""
 
     @abc.abstractmethod
     async def token_owner(self, jti: str) -> str | None:

@@ -13,7 +13,10 @@ one hash slot, and the ``{…}`` part of a key name (its hash tag) is what picks
   (the record's id), ``{k}:keys`` (sorted set of every record's ``sort_key``, scores 0,
   listed with ``ZRANGEBYLEX``), ``{k}:feed:seq`` (the change counter), ``{k}:feed``
   (sorted set, score ``seq``, member ``"{seq}:{public_id}"``, trimmed to ``feed_length``),
-  ``{k}:jti:{jti}`` (the minting key's ``public_id``, expiring with the token).
+  ``{k}:jti:{jti}`` (the minting key's ``public_id``, expiring with the token), and the
+  audit trail, written by the same scripts as the changes it records: ``{k}:audit``
+  (sorted set of every event's sort key), ``{k}:audit:doc`` (hash: sort key → event JSON),
+  ``{k}:audit:key:{id}`` (one key's events).
 * The per-request keys, each under a tag of its own so they spread over the shards:
   ``tok:{cache_key}`` (a cached token's JSON, until ``keep_until``), ``rl:{bucket}`` (a
   rate limiter's theoretical arrival time, GCRA) with ``rl:{bucket}:mark:{name}`` beside
@@ -47,14 +50,16 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from broker.errors import StoreUnavailable
+from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
-from broker.store.base import CHANGE_FEED_LENGTH, KeyChanges, MintedToken, Store
+from broker.store.base import CHANGE_FEED_LENGTH, Auditor, KeyChanges, MintedToken, Store
 from broker.store.common import (
     decode_record,
     decode_token,
@@ -78,11 +83,25 @@ redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[2]) + 1))
 """
 
+# Write scripts also share their last three KEYS = the audit index, the audit documents,
+# the key's own audit index, and ARGV[#ARGV-2] = the event's sort key ('' for no event),
+# ARGV[#ARGV-1] = its JSON: the event is written with the change, or neither is.
+_APPEND_EVENT = """
+local function append_event()
+  local sort_key, doc = ARGV[#ARGV - 2], ARGV[#ARGV - 1]
+  if sort_key == '' then return end
+  redis.call('ZADD', KEYS[#KEYS - 2], 0, sort_key)
+  redis.call('HSET', KEYS[#KEYS - 1], sort_key, doc)
+  redis.call('ZADD', KEYS[#KEYS], 0, sort_key)
+end
+"""
+
 # KEYS[3] = key:{id}, KEYS[4] = pub:{public_id}, KEYS[5] = keys.
 # ARGV[3] = doc, ARGV[4] = version, ARGV[5] = id, ARGV[6] = sort_key, ARGV[7] = nonce.
 # Returns 1 when inserted (or when this very insert already was), 0 on a duplicate.
 _INSERT = (
-    """
+    _APPEND_EVENT
+    + """
 if redis.call('EXISTS', KEYS[3]) == 1 then
   if redis.call('HGET', KEYS[3], 'writer') == ARGV[7] then return 1 end
   return 0
@@ -91,6 +110,7 @@ if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('HSET', KEYS[3], 'doc', ARGV[3], 'version', ARGV[4], 'writer', ARGV[7])
 redis.call('SET', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[5], 0, ARGV[6])
+append_event()
 """
     + _APPEND_CHANGE
     + "return 1\n"
@@ -101,7 +121,8 @@ redis.call('ZADD', KEYS[5], 0, ARGV[6])
 # when this very write already was), 0 when another write came first, -1 when the record
 # does not exist.
 _COMPARE_AND_SET = (
-    """
+    _APPEND_EVENT
+    + """
 local current = redis.call('HGET', KEYS[3], 'version')
 if not current then return -1 end
 if current ~= ARGV[3] then
@@ -109,6 +130,7 @@ if current ~= ARGV[3] then
   return 0
 end
 redis.call('HSET', KEYS[3], 'doc', ARGV[4], 'version', ARGV[5], 'writer', ARGV[6])
+append_event()
 if ARGV[7] ~= '1' then return 1 end
 """
     + _APPEND_CHANGE
@@ -275,12 +297,13 @@ class RedisStore(Store):
 
     # -- key records ---------------------------------------------------------------------
 
-    async def insert_key(self, record: KeyRecord) -> None:
+    async def insert_key(self, record: KeyRecord, audit: AuditEvent | None = None) -> None:
         keys = [
             *self._feed_keys,
             self._k("key", record.id),
             self._k("pub", record.public_id),
             self._k("keys"),
+            *self._audit_keys(record.id),
         ]
         args: list[str | int] = [
             record.public_id,
@@ -290,6 +313,7 @@ class RedisStore(Store):
             record.id,
             record.sort_key,
             secrets.token_hex(8),
+            *_event_args(audit),
             _feed_base(),
         ]
         inserted = await self._write(self._insert, keys, args)
@@ -323,14 +347,20 @@ class RedisStore(Store):
         return [decode_record(doc) for doc in docs if doc is not None]
 
     async def update_key(
-        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord], *, announce: bool = True
+        self,
+        key_id: str,
+        mutate: Callable[[KeyRecord], KeyRecord],
+        *,
+        announce: bool = True,
+        audit: Auditor | None = None,
     ) -> KeyRecord | None:
         for attempt in range(_UPDATE_ATTEMPTS):
             current = await self.get_key(key_id)
             if current is None:
                 return None
             new = next_version(current, mutate)
-            keys = [*self._feed_keys, self._k("key", key_id)]
+            keys = [*self._feed_keys, self._k("key", key_id), *self._audit_keys(key_id)]
+            event = audit(current, new) if audit is not None else None
             args: list[str | int] = [
                 new.public_id,
                 self._feed_length,
@@ -339,6 +369,7 @@ class RedisStore(Store):
                 new.version,
                 secrets.token_hex(8),
                 int(announce),
+                *_event_args(event),
                 _feed_base(),
             ]
             if announce:
@@ -364,6 +395,42 @@ class RedisStore(Store):
             return KeyChanges(seq=head, public_ids=(), reset=True)
         public_ids = tuple(member.split(":", 1)[1] for member in reply[2])
         return KeyChanges(seq=head, public_ids=public_ids, reset=False)
+
+    # -- audit trail ---------------------------------------------------------------------
+
+    def _audit_keys(self, key_id: str) -> list[str]:
+        return [self._k("audit"), self._k("audit", "doc"), self._k("audit", "key", key_id)]
+
+    async def audit_events(
+        self, limit: int, before: str | None = None, key_id: str | None = None
+    ) -> list[AuditEvent]:
+        if limit <= 0:
+            return []
+        index = self._k("audit") if key_id is None else self._k("audit", "key", key_id)
+        upper = "+" if before is None else "(" + before
+        async with self._call():
+            sort_keys = await self._redis.zrevrangebylex(index, upper, "-", start=0, num=limit)
+            if not sort_keys:
+                return []
+            docs = await self._redis.hmget(self._k("audit", "doc"), sort_keys)
+        return [AuditEvent.decode(_str(doc)) for doc in docs if doc is not None]
+
+    async def purge_audit(self, older_than: datetime, batch: int = 1000) -> int:
+        cutoff = f"{int(older_than.timestamp() * 1_000_000):017d}"
+        async with self._call():
+            old = await self._redis.zrangebylex(self._k("audit"), "-", "(" + cutoff, 0, batch)
+            if not old:
+                return 0
+            docs = await self._redis.hmget(self._k("audit", "doc"), old)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._k("audit"), *old)
+                pipe.hdel(self._k("audit", "doc"), *old)
+                for sort_key, doc in zip(old, docs, strict=True):
+                    if doc is not None:
+                        key_index = self._k("audit", "key", AuditEvent.decode(_str(doc)).key_id)
+                        pipe.zrem(key_index, sort_key)
+                await pipe.execute()
+        return len(old)
 
     # -- token cache ---------------------------------------------------------------------
 
@@ -440,6 +507,10 @@ def _unavailable() -> Iterator[None]:
         raise StoreUnavailable(f"The Redis store does not answer ({type(exc).__name__}).") from exc
     if _cancelling():
         raise asyncio.CancelledError
+
+
+def _event_args(event: AuditEvent | None) -> list[str | int]:
+    return ["", ""] if event is None else [event.sort_key, event.encode()]
 
 
 def _cancelling() -> bool:

@@ -17,12 +17,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from broker.errors import StoreUnavailable
+from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
-from broker.store.base import CHANGE_FEED_LENGTH, KeyChanges, MintedToken, Store
+from broker.store.base import CHANGE_FEED_LENGTH, Auditor, KeyChanges, MintedToken, Store
 from broker.store.common import (
     decode_record,
     decode_token,
@@ -67,6 +69,12 @@ CREATE TABLE IF NOT EXISTS failures (
     count INTEGER NOT NULL,
     until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_events (
+    sort_key TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_key ON audit_events (key_id, sort_key);
 COMMIT;
 """
 
@@ -188,10 +196,12 @@ class SQLiteStore(Store):
         finally:
             self._executor.shutdown(wait=True)
 
-    async def insert_key(self, record: KeyRecord) -> None:
+    async def insert_key(self, record: KeyRecord, audit: AuditEvent | None = None) -> None:
         def work(conn: sqlite3.Connection) -> None:
             try:
                 with _immediate(conn):
+                    if audit is not None:
+                        _insert_event(conn, audit)
                     conn.execute(
                         "INSERT INTO api_keys (id, public_id, sort_key, version, doc)"
                         " VALUES (?, ?, ?, ?, ?)",
@@ -230,7 +240,12 @@ class SQLiteStore(Store):
         return await self._run(work)
 
     async def update_key(
-        self, key_id: str, mutate: Callable[[KeyRecord], KeyRecord], *, announce: bool = True
+        self,
+        key_id: str,
+        mutate: Callable[[KeyRecord], KeyRecord],
+        *,
+        announce: bool = True,
+        audit: Auditor | None = None,
     ) -> KeyRecord | None:
         def work(conn: sqlite3.Connection) -> KeyRecord | None:
             with _immediate(conn):
@@ -238,6 +253,9 @@ class SQLiteStore(Store):
                 if current is None:
                     return None
                 new = next_version(current, mutate)
+                event = audit(current, new) if audit is not None else None
+                if event is not None:
+                    _insert_event(conn, event)
                 conn.execute(
                     "UPDATE api_keys SET version = ?, doc = ? WHERE id = ?",
                     (new.version, encode_record(new), key_id),
@@ -246,6 +264,44 @@ class SQLiteStore(Store):
                     _append_change(conn, new.public_id)
             self._wrote(conn)
             return new
+
+        return await self._run(work)
+
+    async def audit_events(
+        self, limit: int, before: str | None = None, key_id: str | None = None
+    ) -> list[AuditEvent]:
+        if limit <= 0:
+            return []
+        upper = before if before is not None else "~"  # above every sort key
+
+        def work(conn: sqlite3.Connection) -> list[AuditEvent]:
+            if key_id is None:
+                rows = conn.execute(
+                    "SELECT doc FROM audit_events WHERE sort_key < ?"
+                    " ORDER BY sort_key DESC LIMIT ?",
+                    (upper, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT doc FROM audit_events WHERE key_id = ? AND sort_key < ?"
+                    " ORDER BY sort_key DESC LIMIT ?",
+                    (key_id, upper, limit),
+                ).fetchall()
+            return [AuditEvent.decode(doc) for (doc,) in rows]
+
+        return await self._run(work)
+
+    async def purge_audit(self, older_than: datetime, batch: int = 1000) -> int:
+        cutoff = f"{int(older_than.timestamp() * 1_000_000):017d}"
+
+        def work(conn: sqlite3.Connection) -> int:
+            with _immediate(conn):
+                cursor = conn.execute(
+                    "DELETE FROM audit_events WHERE sort_key IN (SELECT sort_key FROM"
+                    " audit_events WHERE sort_key < ? ORDER BY sort_key LIMIT ?)",
+                    (cutoff, batch),
+                )
+            return cursor.rowcount
 
         return await self._run(work)
 
@@ -363,6 +419,13 @@ class SQLiteStore(Store):
             return int(count), float(until - now)
 
         return await self._run(work)
+
+
+def _insert_event(conn: sqlite3.Connection, event: AuditEvent) -> None:
+    conn.execute(
+        "INSERT INTO audit_events (sort_key, key_id, doc) VALUES (?, ?, ?)",
+        (event.sort_key, event.key_id, event.encode()),
+    )
 
 
 @contextlib.contextmanager
