@@ -23,6 +23,7 @@ from typing import Any, Literal, TextIO
 
 from broker.errors import ConfigError, FieldError, ValidationFailed
 from broker.keys.admin import KeyAdmin
+from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
 from broker.keys.validation import validate_create, validate_patch, validate_rotate
 from broker.settings import Settings
@@ -194,6 +195,17 @@ def add_parser(
     )
     revoke.add_argument("id", help=_ID_HELP)
 
+    audit = verbs.add_parser("audit", help="the audit trail of key changes").add_subparsers(
+        dest="action", required=True
+    )
+    events = audit.add_parser("list", parents=[common], help="audit events, newest first")
+    events.add_argument("--key", metavar="ID", help="only this key's events: " + _ID_HELP)
+    events.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N events (default 100)"
+    )
+    _add_json(events)
+    events.set_defaults(run_action=_audit_list)
+
 
 def _add_option(
     parser: argparse.ArgumentParser, option: _Option, *, required: bool, clearing: bool
@@ -225,7 +237,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "update" and not _body(args, _UPDATE_OPTIONS) and "is_active" not in args:
         args.usage_error("nothing to change: give at least one option (see --help)")
     try:
-        return asyncio.run(_with_admin(settings, _ACTIONS[args.action], args))
+        action = getattr(args, "run_action", None) or _ACTIONS[args.action]
+        return asyncio.run(_with_admin(settings, action, args))
     except ValidationFailed as exc:
         raise ValidationFailed(
             [FieldError(_FLAG_OF_FIELD.get(d.field, d.field), d.message) for d in exc.details]
@@ -338,6 +351,34 @@ async def _rotate(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> Non
 async def _revoke(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
     record = await admin.revoke(args.id)
     print(f"revoked {record.public_id} ({record.id})", file=out)
+
+
+async def _audit_list(admin: KeyAdmin, args: argparse.Namespace, out: TextIO) -> None:
+    if args.limit < 1:
+        raise ValidationFailed([FieldError("--limit", "must be at least 1")])
+    events: list[AuditEvent] = []
+    cursor: str | None = None
+    while len(events) < args.limit:
+        page, cursor = await admin.audit_events(
+            min(1000, args.limit - len(events)), cursor, args.key
+        )
+        events.extend(page)
+        if cursor is None:
+            break
+    if args.json:
+        _dump({"events": [e.to_doc() for e in events], "next_cursor": None}, out)
+        return
+    rows = [
+        (
+            e.at,
+            e.action,
+            e.public_id,
+            e.actor.kind + (f" {e.actor.client_ip}" if e.actor.client_ip else ""),
+            ", ".join(sorted(e.changes)),
+        )
+        for e in events
+    ]
+    _print_table(("AT", "ACTION", "PUBLIC_ID", "ACTOR", "CHANGED"), rows, out)
 
 
 _ACTIONS: dict[str, Action] = {

@@ -13,10 +13,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker.errors import StoreUnavailable
+from broker.keys import audit
+from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
 from broker.store import MintedToken, Store, open_store
 from broker.store.base import KeyChanges
@@ -567,3 +570,80 @@ async def test_count_failure_windows(store_url: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+# -- audit trail -------------------------------------------------------------------------
+
+
+def constant(event: AuditEvent) -> Callable[[KeyRecord, KeyRecord], AuditEvent]:
+    return lambda old, new: event
+
+
+def make_event(record: KeyRecord, action: str = "key.update", **at: Any) -> AuditEvent:
+    event = audit.event(action, None, record, audit.Actor("cli"))
+    return dataclasses.replace(event, at=at.get("at", event.at))
+
+
+async def test_events_are_written_with_their_change(store: Store) -> None:
+    record = make_record(1)
+    created = make_event(record, audit.CREATE)
+    await store.insert_key(record, created)
+
+    def rename(r: KeyRecord) -> KeyRecord:
+        return dataclasses.replace(r, name="renamed")
+
+    updated = await store.update_key(
+        record.id, rename, audit=lambda old, new: audit.event(audit.UPDATE, old, new, audit.CLI)
+    )
+    assert updated is not None
+    events = await store.audit_events(10)
+    assert [e.action for e in events] == [audit.UPDATE, audit.CREATE]  # newest first
+    assert events[1] == created
+    assert events[0].changes == {"name": {"from": record.name, "to": "renamed"}}
+    assert await store.audit_events(10, key_id="nobody") == []
+
+
+async def test_no_event_without_its_change_and_no_change_without_its_event(store: Store) -> None:
+    record = make_record(2)
+    await store.insert_key(record)
+    clash = make_event(record, audit.CREATE)
+    with pytest.raises(ValueError, match="exists"):
+        await store.insert_key(record, clash)  # the insert fails: its event is not kept
+
+    def refuse(_: KeyRecord) -> KeyRecord:
+        raise RuntimeError("mutate refused")
+
+    with pytest.raises(RuntimeError):
+        await store.update_key(record.id, refuse, audit=lambda o, n: make_event(n))
+    assert await store.audit_events(10) == []
+    assert (await store.get_key(record.id)) == record
+
+
+async def test_audit_events_page_and_filter_by_key(store: Store) -> None:
+    a, b = make_record(3), make_record(4)
+    start = BASE_TIME
+    for n in range(5):
+        for record in (a, b):
+            event = make_event(record, at=start + timedelta(seconds=n))
+            if n == 0:
+                await store.insert_key(record, event)
+            else:
+                await store.update_key(record.id, lambda r: r, audit=constant(event))
+    first = await store.audit_events(4)
+    assert len(first) == 4 and [e.at for e in first] == sorted((e.at for e in first), reverse=True)
+    rest = await store.audit_events(100, before=first[-1].sort_key)
+    assert len(rest) == 6 and not {e.id for e in rest} & {e.id for e in first}
+    only_a = await store.audit_events(100, key_id=a.id)
+    assert len(only_a) == 5 and {e.key_id for e in only_a} == {a.id}
+
+
+async def test_purge_removes_only_old_events(store: Store) -> None:
+    record = make_record(5)
+    old = make_event(record, audit.CREATE, at=BASE_TIME - timedelta(days=100))
+    await store.insert_key(record, old)
+    recent = make_event(record, at=BASE_TIME)
+    await store.update_key(record.id, lambda r: r, audit=constant(recent))
+    assert await store.purge_audit(BASE_TIME - timedelta(days=90)) == 1
+    assert await store.audit_events(10) == [recent]
+    assert await store.audit_events(10, key_id=record.id) == [recent]
+    assert await store.purge_audit(BASE_TIME - timedelta(days=90)) == 0
