@@ -135,7 +135,8 @@ class RedisServer(RedisProcess):
 
     ``password`` is the default user's (``requirepass``, and ``masterauth`` so that a
     replica of a server with the same password can sync); ``args`` are more command-line
-    options (``--replicaof …``, ``--cluster-enabled yes``, …)."""
+    options (``--replicaof …``, ``--cluster-enabled yes``, …). A replica of it syncs at
+    once (``repl-diskless-sync-delay 0``: no waiting five seconds for more replicas)."""
 
     #: The scheme of :attr:`url`.
     scheme = "redis"
@@ -174,6 +175,7 @@ class RedisServer(RedisProcess):
             self._executable,
             *self.listen_args(),
             *("--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--repl-diskless-sync-delay", "0"),
             *("--dir", str(self.workdir)),
         ]
         if self.password is not None:
