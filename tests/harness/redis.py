@@ -66,6 +66,7 @@ class RedisProcess(Stoppable):
         ``RuntimeError`` with the log's tail when it exits or does not answer in time."""
         if self._process is not None:
             raise RuntimeError(f"redis-server on port {self.port} is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self.argv(),

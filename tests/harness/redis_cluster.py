@@ -69,7 +69,6 @@ class ClusterServers(Stoppable):
         """Start every node, create the cluster, wait until it is whole (see
         :meth:`wait_until_ok`). ``RuntimeError`` with the logs' tails when it fails."""
         for server in self._servers.values():
-            server.workdir.mkdir(parents=True)
             server.start()
         command = [
             _redis_cli(),
