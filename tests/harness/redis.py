@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.harness.ports import Stoppable, free_port, start_with_retries
 from tests.harness.process import tail
@@ -52,12 +54,14 @@ class RedisProcess(Stoppable):
         raise NotImplementedError
 
     def client(self, **options: Any) -> redis.Redis:
-        """A new client of this process (the caller closes it), answers decoded to ``str``;
-        ``options`` are more arguments of ``redis.Redis``."""
+        """A new client of this process (the caller closes it), answers decoded to ``str``,
+        no retries (a poll should see the truth at once); ``options`` are more arguments
+        of ``redis.Redis``."""
         defaults: dict[str, Any] = {
             "socket_connect_timeout": 1,
             "socket_timeout": 5,
             "decode_responses": True,
+            "retry": Retry(NoBackoff(), 0),
         }
         return redis.Redis(host="127.0.0.1", port=self.port, **(defaults | options))
 
