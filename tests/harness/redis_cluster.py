@@ -42,7 +42,6 @@ class ClusterServers(Stoppable):
     ) -> None:
         count = masters * (1 + replicas_per_master)
         ports = free_ports(2 * count)
-        self.masters_at_start = masters
         self.replicas_per_master = replicas_per_master
         self.password = password
         self.nodes: list[tuple[str, int]] = [("127.0.0.1", port) for port in ports[:count]]
