@@ -1,9 +1,9 @@
 """What the tests and the benchmarks of ``bench/`` share to run the real parts: free
-ports, private ``redis-server`` and PostgreSQL instances, the real Cube, the broker as a
-process, blocking HTTP to such processes, bounded waiting, the test settings and the ways
-to create keys. Nothing here is a fixture: ``tests/conftest.py`` and ``bench/`` build on
-it. Every server removes its temporary folder at ``stop()`` and is a context manager
-that stops it."""
+ports, private ``redis-server`` instances (alone, as a cluster, under sentinels, with
+TLS) and PostgreSQL instances, the real Cube, the broker as a process, blocking HTTP to
+such processes, bounded waiting, the test settings and the ways to create keys. Nothing
+here is a fixture: ``tests/conftest.py`` and ``bench/`` build on it. Every server removes
+its temporary folder at ``stop()`` and is a context manager that stops it."""
 
 from __future__ import annotations
 
