@@ -456,6 +456,7 @@ def test_broker_env_is_a_valid_configuration_once_secrets_are_replaced(
     assert settings.store_url.startswith("redis://")
     assert urlsplit(settings.store_url).password == secrets["REDIS_PASSWORD"]
     assert isinstance(settings.trusted_proxies[0], ipaddress.IPv4Network)
+    assert settings.api_secrets == ()
     # The published placeholders are too short to start with: an unedited deployment
     # refuses to run with a known secret.
     _, placeholders = secret_data(rendered)
@@ -481,6 +482,40 @@ def test_secrets_come_from_the_secret(rendered: list[Manifest]) -> None:
                 assert ref["key"] in data, name
 
 
+def test_signing_secrets_reach_broker_and_cube_from_the_same_keys(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    """CUBEJS_API_SECRET and CUBEJS_API_SECRETS (SPEC §5's rotation) come to both
+    containers from the same keys of the Secret; the list is optional and empty by
+    default, and a rotation's value reaches both."""
+    secret_name, data = secret_data(rendered)
+    assert data["CUBEJS_API_SECRETS"] == ""
+    assert "CUBEJS_API_SECRETS" in cube_js_variables()
+    for container in (pod.broker, pod.cube):
+        env = env_of(container)
+        assert env["CUBEJS_API_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": "CUBEJS_API_SECRET",
+        }, container["name"]
+        assert env["CUBEJS_API_SECRETS"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": "CUBEJS_API_SECRETS",
+            "optional": True,
+        }, container["name"]
+
+    old = "the-old-signing-secret-of-enough-bytes"
+    rotating = {**replaced_secrets(rendered), "CUBEJS_API_SECRETS": old}
+    settings = broker_settings(rendered, rotating)
+    assert [s.reveal() for s in settings.api_secrets] == [old]
+    cube_env = resolved_env(pod.cube, rotating)
+    assert cube_env["CUBEJS_API_SECRETS"] == old
+    assert cube_env["CUBEJS_API_SECRET"] == settings.api_secret.reveal()
+    # A Secret made elsewhere without the key still starts both.
+    without = {k: v for k, v in rotating.items() if k != "CUBEJS_API_SECRETS"}
+    assert broker_settings(rendered, without).api_secrets == ()
+    assert "CUBEJS_API_SECRETS" not in resolved_env(pod.cube, without)
+
+
 def cube_js_variables() -> set[str]:
     source = (DEPLOY / "cube" / "cube.js").read_text()
     return set(re.findall(r"required\('(\w+)'\)", source)) | set(
@@ -493,7 +528,7 @@ def test_cube_gets_its_values_and_no_database_credential(pod: Pod) -> None:
     assert {"CUBEJS_API_SECRET", "BROKER_INTERNAL_URL", "BROKER_CALLBACK_SECRET"} <= set(env)
     assert not [n for n in env if n.startswith("CUBEJS_DB_") or "PASSWORD" in n]
     refs = {n for n, item in env.items() if "valueFrom" in item}
-    assert refs == {"CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET"}
+    assert refs == {"CUBEJS_API_SECRET", "CUBEJS_API_SECRETS", "BROKER_CALLBACK_SECRET"}
     # BROKER_* here are cube.js's own variables, not the broker's settings.
     broker_names = {n for n in env if n.startswith("BROKER_")}
     assert broker_names <= cube_js_variables(), broker_names - cube_js_variables()
