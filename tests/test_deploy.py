@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -915,6 +916,33 @@ def image_env() -> dict[str, str]:
     return env_instructions(parse_dockerfile(DEPLOY / "Dockerfile")[-1])
 
 
+def documented_commands(path: Path, program: str) -> list[list[str]]:
+    """The ``program`` command lines shown in the comments of ``path`` (indented
+    ``#   program …`` lines, continued with a trailing backslash), split as a shell would."""
+    commands: list[list[str]] = []
+    pending: str | None = None
+    for line in path.read_text().splitlines():
+        text = line.removeprefix("#").strip()
+        if pending is None and not text.startswith(f"{program} "):
+            continue
+        pending = (pending or "") + text.removesuffix("\\") + " "
+        if not text.endswith("\\"):
+            commands.append(shlex.split(pending))
+            pending = None
+    return commands
+
+
+def docker_run_env(argv: list[str]) -> dict[str, str]:
+    """The ``-e`` variables of a ``docker run`` line: ``-e NAME`` takes the caller's value,
+    a secret here."""
+    env: dict[str, str] = {}
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-e":
+            name, has_value, given = value.partition("=")
+            env[name] = given if has_value else f"a-real-secret-of-enough-bytes-for-{name}"
+    return env
+
+
 def numeric_user(stage: list[Instruction]) -> int:
     user = last(stage, "USER").args.split(":")[0]
     assert user.isdigit(), f"USER {user}: numeric, so runAsNonRoot can verify it"
@@ -958,6 +986,36 @@ def test_broker_dockerfile(pod: Pod) -> None:
     for instruction in final:
         if instruction.name == "RUN":
             assert not re.search(r"apt-get|apk |pip |gcc|build-essential", instruction.args)
+
+
+def test_broker_image_needs_its_public_url_and_documents_it() -> None:
+    """Bound to every address, the image refuses to start without BROKER_PUBLIC_URL
+    (dashboards would be handed cube_url http://0.0.0.0:8080); the `docker run` lines in
+    the Dockerfile's comment make a configuration that starts, with Cube in the broker's
+    network namespace calling the internal listener on loopback."""
+    secrets = {
+        name: f"a-real-secret-of-enough-bytes-for-{name}"
+        for name in ("CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET")
+    }
+    with pytest.raises(ConfigError, match="BROKER_PUBLIC_URL"):
+        Settings.load({**image_env(), **secrets})
+
+    runs = {
+        argv[-1].partition(":")[0]: argv
+        for argv in documented_commands(DEPLOY / "Dockerfile", "docker")
+    }
+    broker_run, cube_run = runs["cube-token-broker"], runs["cube-token-broker-cube"]
+    settings = Settings.load({**image_env(), **docker_run_env(broker_run)})
+    assert is_loopback(settings.admin_host) and is_loopback(settings.internal_host)
+    published = [value for flag, value in itertools.pairwise(broker_run) if flag == "-p"]
+    assert [p.rpartition(":")[2] for p in published] == [str(settings.port)]
+    broker_name = broker_run[broker_run.index("--name") + 1]
+    assert cube_run[cube_run.index("--network") + 1] == f"container:{broker_name}"
+    internal = urlsplit(docker_run_env(cube_run)["BROKER_INTERNAL_URL"])
+    assert internal.hostname is not None and is_loopback(internal.hostname)
+    assert internal.port == settings.internal_port
+    cube = urlsplit(settings.cube_url)
+    assert cube.hostname is not None and is_loopback(cube.hostname)
 
 
 def test_cube_dockerfile(pod: Pod) -> None:
