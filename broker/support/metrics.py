@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from broker import __version__
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -29,7 +40,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class Metrics:
-    """Every metric the broker exports (SPEC §9), on a private registry."""
+    """Every metric the broker exports (SPEC §9), on a private registry, with the
+    standard ``process_*`` and ``python_*`` collectors.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -37,6 +50,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Gauge(
+            "broker_build_info", "The broker's version; always 1.", ["version"], registry=r
+        ).labels(__version__).set(1)
         self.requests = Counter(
             "broker_requests_total",
             "HTTP requests answered.",
