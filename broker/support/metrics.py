@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -38,10 +40,30 @@ _LATENCY_BUCKETS = (
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+_M = TypeVar("_M", Counter, Histogram)
+
+
+class _Bound(Generic[_M]):
+    """The labelled children of one metric, each bound once: ``labels()`` takes a lock and
+    checks its arguments on every call, a dictionary lookup does not."""
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 class Metrics:
     """Every metric the broker exports (SPEC §9), on a private registry, with the
     standard ``process_*`` and ``python_*`` collectors.
+
+    ``model`` labels carry asset IDs of the registry only (a model is looked up before
+    anything is counted against it), so their number stays bounded.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -69,17 +91,30 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.upstream_duration = Histogram(
-            "broker_upstream_duration_seconds",
-            "Time Cube took to answer.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.upstream_duration = _Bound(
+            Histogram(
+                "broker_upstream_duration_seconds",
+                "Time Cube took to start its answer, by semantic model.",
+                ["model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
         )
-        self.tokens_minted = Counter(
-            "broker_tokens_minted_total", "Tokens minted by this replica.", registry=r
+        self.tokens_minted = _Bound(
+            Counter(
+                "broker_tokens_minted_total",
+                "Tokens minted by this replica, by semantic model.",
+                ["model"],
+                registry=r,
+            )
         )
-        self.token_cache_hits = Counter(
-            "broker_token_cache_hits_total", "Token requests served from a cache.", registry=r
+        self.token_cache_hits = _Bound(
+            Counter(
+                "broker_token_cache_hits_total",
+                "Token requests served from a cache (this replica's or the store's), by model.",
+                ["model"],
+                registry=r,
+            )
         )
         self.auth_failures = Counter(
             "broker_auth_failures_total", "Refused authentications.", ["reason"], registry=r
