@@ -3,18 +3,24 @@ app under test after the requests that move them."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from broker import __version__
 from broker.app import create_app
 from broker.settings import Settings
+from broker.state import BODIES
 from tests.fake_cube import FakeCube
 from tests.harness.keys import create_key
-from tests.harness.settings import make_settings
+from tests.harness.served import Served, read_answer, serve
+from tests.harness.settings import ADMIN_KEY, make_settings
+from tests.harness.waiting import wait_until
 from tests.helpers import TOKEN_PATH, AiohttpClient, Client, sample, samples, scrape
 
 
@@ -76,3 +82,61 @@ async def test_upstream_duration_by_model(
     text = await scrape(c)
     assert sample(text, "broker_upstream_duration_seconds_count", model="orders") == 4
     assert sample(text, "broker_upstream_duration_seconds_bucket", model="orders", le="+Inf") == 4
+
+
+# -- refusals by cause ---------------------------------------------------------------------
+
+
+async def test_a_keys_rate_limit_is_counted_as_key_limit(client: Client) -> None:
+    key, _ = await create_key(client, rate_limit_per_minute=1)
+    statuses = [(await client.post(TOKEN_PATH, headers={"X-API-KEY": key})).status for _ in "ab"]
+    assert statuses == [200, 429]
+    text = await scrape(client)
+    assert samples(text, "broker_rate_limited_total") == {frozenset({("cause", "key_limit")}): 1}
+
+
+async def test_the_brute_force_guard_is_counted_as_brute_force(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        BROKER_STORE=f"sqlite:///{tmp_path}/b.db", BROKER_BRUTE_FORCE_LIMIT="20"
+    )
+    c: Client = await aiohttp_client(create_app(settings))
+    wrong = "ath_aaaaaaaaaaaaaaaa." + "b" * 43
+    statuses = [(await c.post(TOKEN_PATH, headers={"X-API-KEY": wrong})).status for _ in range(25)]
+    assert statuses[:20] == [401] * 20 and 429 in statuses
+    text = await scrape(c)
+    refused = statuses.count(429)
+    assert samples(text, "broker_rate_limited_total") == {
+        frozenset({("cause", "brute_force")}): refused
+    }
+    assert sample(text, "broker_auth_failures_total", reason="unknown") == 25 - refused
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    settings = make_settings(
+        BROKER_STORE=f"sqlite:///{tmp_path}/b.db", BROKER_BODY_MEMORY=str(1024 * 1024)
+    )
+    async with serve(settings) as s:
+        yield s
+
+
+async def test_the_body_memory_bound_is_counted_as_body_memory(served: Served) -> None:
+    """One stalled 700 kB body holds the 1 MiB bound; a second does not fit: 429."""
+    big = {"X-API-Key": ADMIN_KEY, "Content-Type": "application/json", "Content-Length": "700000"}
+    _, first = await served.send("POST", "/admin/api-keys", big, b'{"name": "')
+    try:
+        await wait_until(lambda: served.app[BODIES].in_use == 700000)
+        reader, second = await served.send("POST", "/admin/api-keys", big, b"{")
+        status, body, _ = await read_answer(reader)
+        second.close()
+        assert (status, json.loads(body)["error"]) == (429, "rate_limited")
+    finally:
+        first.close()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{served.host}:{served.port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    assert samples(text, "broker_rate_limited_total") == {frozenset({("cause", "body_memory")}): 1}

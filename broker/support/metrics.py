@@ -119,6 +119,15 @@ class Metrics:
         self.auth_failures = Counter(
             "broker_auth_failures_total", "Refused authentications.", ["reason"], registry=r
         )
+        self.rate_limited = _Bound(
+            Counter(
+                "broker_rate_limited_total",
+                "Requests refused with 429, by cause: key_limit (the key's rate limit), "
+                "brute_force (the guard), body_memory (the bound on bodies in memory).",
+                ["cause"],
+                registry=r,
+            )
+        )
         self.store_errors = Counter(
             "broker_store_errors_total", "Store calls that failed.", registry=r
         )
