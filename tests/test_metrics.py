@@ -4,6 +4,8 @@ app under test after the requests that move them."""
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,12 @@ from aiohttp.test_utils import TestServer
 
 from broker import __version__
 from broker.app import create_app
+from broker.errors import StoreUnavailable
 from broker.settings import Settings
-from broker.state import BODIES
+from broker.state import BODIES, REGISTRY, STORE
+from broker.store import KeyChanges
 from tests.fake_cube import FakeCube
+from tests.harness import DATA
 from tests.harness.keys import create_key
 from tests.harness.served import Served, read_answer, serve
 from tests.harness.settings import ADMIN_KEY, make_settings
@@ -140,3 +145,79 @@ async def test_the_body_memory_bound_is_counted_as_body_memory(served: Served) -
     ):
         text = await resp.text()
     assert samples(text, "broker_rate_limited_total") == {frozenset({("cause", "body_memory")}): 1}
+
+
+# -- the key change feed and the model registry ----------------------------------------------
+
+
+async def feed_age(c: Client) -> float:
+    age = sample(await scrape(c), "broker_key_feed_age_seconds")
+    assert age is not None
+    return age
+
+
+async def test_key_feed_age_and_failures(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The age is computed at each scrape: small while the feed answers, growing while it
+    fails (each failed poll counted), small again once it is back."""
+
+    async def small_age() -> bool:
+        return await feed_age(client) < 0.5
+
+    await wait_until(small_age)
+    assert sample(await scrape(client), "broker_key_feed_failures_total") == 0
+
+    async def unreadable(since: int | None) -> KeyChanges:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(client.app[STORE], "key_changes", unreadable)
+
+    async def failing() -> bool:
+        failures = sample(await scrape(client), "broker_key_feed_failures_total")
+        return failures is not None and failures >= 3
+
+    await wait_until(failing)
+    assert await feed_age(client) > 0.5  # three polls, 0.25 s apart, have failed since
+    monkeypatch.undo()
+    await wait_until(small_age)
+
+
+@pytest.fixture
+async def registry_client(aiohttp_client: AiohttpClient, tmp_path: Path) -> Client:
+    shutil.copytree(DATA, tmp_path / "data")
+    settings = make_settings(
+        BROKER_STORE=f"sqlite:///{tmp_path}/b.db",
+        BROKER_MODELS=str(tmp_path / "data" / "models.yaml"),
+        BROKER_MODELS_POLL_INTERVAL="60",  # reloads here come from request_reload alone
+    )
+    c: Client = await aiohttp_client(create_app(settings))
+    return c
+
+
+async def test_models_last_reload_and_reload_failures(registry_client: Client) -> None:
+    c = registry_client
+    started = time.time()
+    text = await scrape(c)
+    loaded = sample(text, "broker_models_last_reload_timestamp_seconds")
+    assert loaded is not None and started - 60 < loaded <= started
+    assert sample(text, "broker_models_reload_failures_total") == 0
+
+    watcher = c.app[REGISTRY]
+    good = watcher.path.read_text()
+    watcher.path.write_text("models: [")
+    watcher.request_reload()
+
+    async def failures(n: int) -> bool:
+        return sample(await scrape(c), "broker_models_reload_failures_total") == n
+
+    await wait_until(lambda: failures(1))
+    assert sample(await scrape(c), "broker_models_last_reload_timestamp_seconds") == loaded
+
+    watcher.path.write_text(good)
+    watcher.request_reload()
+
+    async def reloaded() -> bool:
+        value = sample(await scrape(c), "broker_models_last_reload_timestamp_seconds")
+        return value is not None and value > loaded
+
+    await wait_until(reloaded)
+    assert await failures(1)

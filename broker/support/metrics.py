@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,6 +16,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from broker import __version__
 
@@ -56,6 +59,31 @@ class _Bound(Generic[_M]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
+
+class KeyFeed(Protocol):
+    """What the key cache tells about its change feed (:class:`broker.keys.cache.KeyCache`)."""
+
+    feed_failures: int
+
+    def feed_age(self) -> float: ...
+
+
+class Reloads(Protocol):
+    """What the registry watcher tells about its reloads (``RegistryWatcher``)."""
+
+    last_reload: float
+    reload_failures: int
+
+
+class _Scraped(Collector):
+    """Families computed when Prometheus scrapes, from the service that owns the state."""
+
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
 
 
 class Metrics:
@@ -151,6 +179,44 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def follow_key_feed(self, feed: KeyFeed) -> None:
+        """Export the key cache's change feed: its age, computed at each scrape, and the
+        count of polls that failed."""
+
+        def families() -> Iterable[Metric]:
+            yield GaugeMetricFamily(
+                "broker_key_feed_age_seconds",
+                "Seconds since the store's key change feed last answered (since start-up "
+                "until it first does); above about 1 s, cached keys are not trusted.",
+                value=feed.feed_age(),
+            )
+            yield CounterMetricFamily(
+                "broker_key_feed_failures",
+                "Polls of the store's key change feed that failed.",
+                value=feed.feed_failures,
+            )
+
+        self.registry.register(_Scraped(families))
+
+    def follow_reloads(self, reloads: Reloads) -> None:
+        """Export the model registry's reloads: when the last one succeeded, and how many
+        attempts failed."""
+
+        def families() -> Iterable[Metric]:
+            yield GaugeMetricFamily(
+                "broker_models_last_reload_timestamp_seconds",
+                "Unix time the model registry was last loaded successfully.",
+                value=reloads.last_reload,
+            )
+            yield CounterMetricFamily(
+                "broker_models_reload_failures",
+                "Reload attempts of the model registry that failed (the last good "
+                "registry stays in use; while it is broken every poll retries).",
+                value=reloads.reload_failures,
+            )
+
+        self.registry.register(_Scraped(families))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
