@@ -62,10 +62,11 @@ def create_app(settings: Settings) -> web.Application:
     # strings (and with them any ?api_key=), whoever runs the app.
     logging.getLogger("aiohttp.access").disabled = True
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    metrics = app[METRICS] = Metrics()
     app[BODIES] = BodyBudget(settings.body_memory, settings.body_timeout)
     app[LISTENERS] = Listeners()
-    app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
+    registry = app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
+    metrics.follow_reloads(registry)
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_services)
@@ -98,6 +99,7 @@ def wire_services(app: web.Application) -> None:
     """Build the key, token and proxy services on ``app[STORE]``, each from its parts."""
     settings, store, metrics = app[SETTINGS], app[STORE], app[METRICS]
     cache = app[KEY_CACHE] = KeyCache(store)
+    metrics.follow_key_feed(cache)
     app[KEY_ADMIN] = KeyAdmin(store, cache)
     usage = app[USAGE] = UsageRecorder(store)
     policy = app[KEY_POLICY] = KeyPolicy(store, usage, metrics)

@@ -122,13 +122,25 @@ class ValidationFailed(BrokerError):
         self.details = list(details)
 
 
+class RateLimitCause(StrEnum):
+    """Why a request was refused with 429: the ``cause`` label of
+    ``broker_rate_limited_total``, never shown to the caller."""
+
+    KEY_LIMIT = "key_limit"  # the key's rate_limit_per_minute
+    BRUTE_FORCE = "brute_force"  # the guard refuses the client address
+    BODY_MEMORY = "body_memory"  # the bound on request bodies held in memory
+
+
 class RateLimited(BrokerError):
+    """A 429 with ``Retry-After`` (whole seconds, at least 1); ``cause`` is for metrics."""
+
     status, code, default_message = 429, "rate_limited", "Too many requests."
 
-    def __init__(self, retry_after: float, message: str | None = None):
+    def __init__(self, retry_after: float, cause: RateLimitCause, message: str | None = None):
         seconds = max(1, int(-(-retry_after // 1)))
         super().__init__(message, headers={"Retry-After": str(seconds)})
         self.retry_after = seconds
+        self.cause = cause
 
 
 class ClientClosedRequest(BrokerError):

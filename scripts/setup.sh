@@ -29,6 +29,10 @@ if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
   have node || need_apt+=(nodejs)
   have npm || need_apt+=(npm)
+  # promtool checks and unit-tests the monitoring component's alerts (tests/test_monitoring.py).
+  # Debian ships it only in the full prometheus package (about 19 MB); in a container its
+  # service is not started, on a machine with systemd `systemctl disable --now prometheus`.
+  have promtool || [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.settings import ADMIN_KEY
 
@@ -55,3 +56,26 @@ async def shown_record(c: Client, key_id: str) -> dict[str, Any]:
     """The key's record as ``GET /admin/api-keys/{id}`` shows it."""
     doc: dict[str, Any] = await (await c.get(f"/admin/api-keys/{key_id}", headers=ADMIN)).json()
     return doc
+
+
+def samples(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """The samples called ``name`` in a ``/metrics`` text, by their label set."""
+    found: dict[frozenset[tuple[str, str]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[frozenset(sample.labels.items())] = sample.value
+    return found
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the one sample ``name{labels}`` in a ``/metrics`` text, or ``None``."""
+    return samples(text, name).get(frozenset(labels.items()))
+
+
+async def scrape(c: Client) -> str:
+    """``GET /metrics`` on an app under test."""
+    resp = await c.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    return await resp.text()

@@ -27,8 +27,9 @@ from tests.helpers import Client, assert_error
 URL = "/api/v0/semantic-model/{}/generate-token"
 
 
-def minted(client: Client) -> float:
-    value = client.app[METRICS].registry.get_sample_value("broker_tokens_minted_total")
+def minted(client: Client, model: str = "orders") -> float:
+    registry = client.app[METRICS].registry
+    value = registry.get_sample_value("broker_tokens_minted_total", {"model": model})
     return value or 0.0
 
 

@@ -71,13 +71,16 @@ class CubeClient:
         path_qs: str,
         headers: Mapping[str, str],
         body: bytes | None = None,
+        *,
+        model: str,
         time_limit: float | None = None,
         answer_within: float | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request; ``path_qs`` is the raw, still-encoded path and query, sent
-        byte for byte. Yields the response once its headers arrived, which must be within
-        ``answer_within`` seconds when that is shorter than the answer timeout;
-        ``time_limit`` bounds the whole exchange, body included.
+        """Send one request about the semantic model ``model`` (a registry asset ID: the
+        ``model`` label of the upstream duration); ``path_qs`` is the raw, still-encoded
+        path and query, sent byte for byte. Yields the response once its headers arrived,
+        which must be within ``answer_within`` seconds when that is shorter than the answer
+        timeout; ``time_limit`` bounds the whole exchange, body included.
 
         Raises ``BadGateway`` (Cube unreachable, connection broken) or ``GatewayTimeout``
         (no answer in time) for failures before the headers arrived.
@@ -93,7 +96,7 @@ class CubeClient:
         with self._failures():
             async with asyncio.timeout(min(self._answer_timeout, answer_within or math.inf)):
                 response = await self._session.request(method, url, **kwargs)
-        self._metrics.upstream_duration.observe(time.perf_counter() - started)
+        self._metrics.upstream_duration(model).observe(time.perf_counter() - started)
         try:
             yield response
         finally:
@@ -164,11 +167,11 @@ class CubeClient:
             raise BadGateway("Cube's answer was broken.") from None
 
     async def get_json(
-        self, path: str, token: str, request_id: str, time_limit: float
+        self, path: str, token: str, request_id: str, time_limit: float, *, model: str
     ) -> CubeAnswer:
         """A ``GET`` for the broker's own API, read whole within ``time_limit`` seconds."""
         headers = api_headers(token, request_id)
-        async with self.request("GET", path, headers, time_limit=time_limit) as resp:
+        async with self.request("GET", path, headers, model=model, time_limit=time_limit) as resp:
             raw = await self.read(resp)
             return CubeAnswer(
                 resp.status, raw, resp.headers.get("Content-Type", ""), json_or_none(raw)

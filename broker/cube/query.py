@@ -40,7 +40,13 @@ def is_continue_wait(raw: bytes) -> bool:
 
 @contextlib.asynccontextmanager
 async def final_answer(
-    cube: CubeClient, token: str, query: dict[str, Any], request_id: str, time_limit: float
+    cube: CubeClient,
+    token: str,
+    query: dict[str, Any],
+    request_id: str,
+    time_limit: float,
+    *,
+    model: str,
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, bytes]]:
     """Cube's final answer to ``query``: the response, its headers in, and the part of its
     body already read (all of it for a short answer, else nothing: the caller streams the
@@ -63,7 +69,7 @@ async def final_answer(
         if remaining <= 0:
             raise GatewayTimeout(f"The query did not finish within {time_limit:g} s.")
         async with cube.request(
-            "POST", LOAD_PATH, headers, body, answer_within=remaining
+            "POST", LOAD_PATH, headers, body, model=model, answer_within=remaining
         ) as upstream:
             if upstream.status >= 500:
                 raise BadGateway(f"Cube answered the query with status {upstream.status}.")
@@ -79,12 +85,12 @@ async def final_answer(
 
 
 async def fetch_meta(
-    cube: CubeClient, token: str, request_id: str, time_limit: float
+    cube: CubeClient, token: str, request_id: str, time_limit: float, *, model: str
 ) -> CubeAnswer:
     """Cube's ``/meta`` for the token's model, whole within ``time_limit`` seconds; a
     refusal (4xx) comes back as is, anything else that is not a JSON object with ``cubes``
     is ``BadGateway``."""
-    answer = await cube.get_json(META_PATH, token, request_id, time_limit)
+    answer = await cube.get_json(META_PATH, token, request_id, time_limit, model=model)
     if 400 <= answer.status < 500:
         return answer
     parsed = answer.parsed

@@ -24,7 +24,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)
     headers = upstream_headers(request.headers, grant.token, request[REQUEST_ID], forwarded)
     cube = request.app[CUBE]
-    async with cube.request(request.method, request.raw_path, headers, body) as upstream:
+    async with cube.request(
+        request.method, request.raw_path, headers, body, model=grant.model_id
+    ) as upstream:
         head = b""
         if may_be_continue_wait(upstream):
             # A short JSON answer: read it whole to see whether Cube said "Continue wait",

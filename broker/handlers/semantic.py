@@ -69,7 +69,11 @@ async def metadata(request: web.Request) -> web.Response:
     record, model = await authorized_model(request, META_READ)
     token = await request.app[TOKENS].token_for(record, model)
     answer = await fetch_meta(
-        request.app[CUBE], token.token, request[REQUEST_ID], request.app[SETTINGS].upstream_timeout
+        request.app[CUBE],
+        token.token,
+        request[REQUEST_ID],
+        request.app[SETTINGS].upstream_timeout,
+        model=model.asset_id,
     )
     if answer.status != 200:
         return web.Response(
@@ -100,7 +104,12 @@ async def query(request: web.Request) -> web.StreamResponse:
     token = await request.app[TOKENS].token_for(record, model)
     cube = request.app[CUBE]
     async with final_answer(
-        cube, token.token, cube_query, request[REQUEST_ID], request.app[SETTINGS].query_timeout
+        cube,
+        token.token,
+        cube_query,
+        request[REQUEST_ID],
+        request.app[SETTINGS].query_timeout,
+        model=model.asset_id,
     ) as (upstream, head):
         return await cube.relay(
             request, upstream, content_headers(upstream.headers), request[REQUEST_ID], head

@@ -17,6 +17,7 @@ from broker.errors import (
     BadRequest,
     ClientClosedRequest,
     PayloadTooLarge,
+    RateLimitCause,
     RateLimited,
     RequestTimeout,
 )
@@ -76,6 +77,7 @@ class BodyBudget:
 
     def _reserve(self, size: int) -> int:
         if self.in_use + size > self._limit:
-            raise RateLimited(1, "The broker holds as many request bodies as it may; retry.")
+            message = "The broker holds as many request bodies as it may; retry."
+            raise RateLimited(1, RateLimitCause.BODY_MEMORY, message)
         self.in_use += size
         return size

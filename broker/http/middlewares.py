@@ -22,6 +22,7 @@ from broker.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimitCause,
     RateLimited,
     StoreUnavailable,
     Unauthorized,
@@ -144,7 +145,8 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     guard = request.app[GUARD]
     left = guard.blocked(subject)
     if left is not None and not _vouched(request):
-        raise RateLimited(left, "Too many failed authentications from this address.")
+        message = "Too many failed authentications from this address."
+        raise RateLimited(left, RateLimitCause.BRUTE_FORCE, message)
     try:
         return await handler(request)
     except Unauthorized as exc:
@@ -176,11 +178,15 @@ def map_error(request: web.Request, exc: Exception) -> web.Response:
 
     Unknown exceptions are logged once with their traceback and answered with a generic
     500 that reveals nothing. A non-error ``HTTPException`` (a redirect) is re-raised.
+    Every refused authentication, 429 and store failure that reaches the caller is
+    counted here, once.
     """
     if isinstance(exc, BrokerError):
         metrics = request.app[METRICS]
         if isinstance(exc, Unauthorized):
             metrics.auth_failures.labels(exc.reason).inc()
+        elif isinstance(exc, RateLimited):
+            metrics.rate_limited(exc.cause).inc()
         elif isinstance(exc, StoreUnavailable):
             metrics.store_errors.inc()
         return error_response(exc)

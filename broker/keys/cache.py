@@ -45,6 +45,9 @@ class KeyCache:
         self._epoch = 0
         self._max_age = max_age
         self._fresh_until = 0.0  # monotonic time until which the cache may be trusted
+        self._answered_at = time.monotonic()  # when the change feed last answered
+        #: Polls of the change feed that failed, for ``broker_key_feed_failures_total``.
+        self.feed_failures = 0
 
     async def get(self, public_id: str) -> KeyRecord | None:
         """The record (or ``None`` for an unknown key); one store read per miss, shared by
@@ -77,6 +80,11 @@ class KeyCache:
         """Whether the change feed answered recently enough for cached entries to count."""
         return time.monotonic() < self._fresh_until
 
+    def feed_age(self) -> float:
+        """Seconds since the change feed last answered (since the cache was made, until
+        it first does)."""
+        return time.monotonic() - self._answered_at
+
     def invalidate(self, public_id: str) -> None:
         self._epoch += 1
         self._entries.pop(public_id, None)
@@ -93,6 +101,7 @@ class KeyCache:
             try:
                 changes = await self._store.key_changes(since)
             except Exception as exc:
+                self.feed_failures += 1
                 if self._fresh_until:
                     log.warning(
                         "key change feed unreadable (%s); key cache disabled until it is back",
@@ -109,4 +118,5 @@ class KeyCache:
                     self.invalidate(public_id)
                 since = changes.seq
                 self._fresh_until = started + self._max_age
+                self._answered_at = time.monotonic()
             await asyncio.sleep(interval)

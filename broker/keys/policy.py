@@ -9,7 +9,13 @@ import logging
 import re
 from datetime import datetime
 
-from broker.errors import IPNotAllowed, RateLimited, StoreUnavailable, Unauthorized
+from broker.errors import (
+    IPNotAllowed,
+    RateLimitCause,
+    RateLimited,
+    StoreUnavailable,
+    Unauthorized,
+)
 from broker.keys import audit
 from broker.keys.record import KeyRecord
 from broker.keys.usage import UsageRecorder
@@ -136,7 +142,8 @@ class KeyPolicy:
             log.warning("rate limiter unavailable; letting the request through")
             return
         if wait > 0:
-            raise RateLimited(wait, f"Rate limit of {limit} requests per minute reached.")
+            message = f"Rate limit of {limit} requests per minute reached."
+            raise RateLimited(wait, RateLimitCause.KEY_LIMIT, message)
 
     async def mark_poll(self, record: KeyRecord, poll: str | None) -> None:
         """Remember that Cube answered "Continue wait" to this query, so its next polls

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class RegistryWatcher:
     """Holds the current :class:`Registry` and replaces it when the files change.
 
     A failed reload keeps the last good registry, logs the one-line reason and exposes
-    it as :attr:`last_error` (for ``/readyz``) until a reload succeeds; while it is set,
+    it as :attr:`last_error` (for ``/readyz``) until a reload succeeds (:attr:`last_reload`
+    and :attr:`reload_failures` are for ``/metrics``); while it is set,
     each poll retries the full reload, since the fix may be in a file the fingerprint
     does not cover (a newly created ``schema_dir`` or ``password_file``).
     """
@@ -61,6 +63,10 @@ class RegistryWatcher:
         self._fingerprint = fingerprint(registry)
         self._wake = asyncio.Event()
         self.last_error: str | None = None
+        #: Unix time of the last successful load (the first: when the watcher was made).
+        self.last_reload = time.time()
+        #: Reload attempts that failed (each poll's retry of a broken registry counts).
+        self.reload_failures = 0
 
     @property
     def current(self) -> Registry:
@@ -108,6 +114,7 @@ class RegistryWatcher:
             try:
                 await asyncio.to_thread(self.reload if forced else self.poll)
             except Exception:
+                self.reload_failures += 1
                 log.exception("model registry check failed")
 
     def _reload(self, seen: Fingerprint, *, log_repeat: bool) -> bool:
@@ -124,6 +131,7 @@ class RegistryWatcher:
             if log_repeat or message != self.last_error:
                 log.error("model registry reload failed, keeping the last good one: %s", message)
             self.last_error = message
+            self.reload_failures += 1
             self._fingerprint = seen
             return False
         old = {m.asset_id: m.schema_hash for m in self._current}
@@ -131,6 +139,7 @@ class RegistryWatcher:
         self._current = registry
         self._fingerprint = seen
         self.last_error = None
+        self.last_reload = time.time()
         changes = [
             f"{asset_id} {old.get(asset_id, '-')[:12]} -> {new.get(asset_id, '-')[:12]}"
             for asset_id in sorted(old.keys() | new.keys())

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Callable, Iterable
+from typing import Generic, Protocol, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker import __version__
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -27,9 +43,56 @@ _LATENCY_BUCKETS = (
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
+_M = TypeVar("_M", Counter, Histogram)
+
+
+class _Bound(Generic[_M]):
+    """The labelled children of one metric, each bound once: ``labels()`` takes a lock and
+    checks its arguments on every call, a dictionary lookup does not."""
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+class KeyFeed(Protocol):
+    """What the key cache tells about its change feed (:class:`broker.keys.cache.KeyCache`)."""
+
+    feed_failures: int
+
+    def feed_age(self) -> float: ...
+
+
+class Reloads(Protocol):
+    """What the registry watcher tells about its reloads (``RegistryWatcher``)."""
+
+    last_reload: float
+    reload_failures: int
+
+
+class _Scraped(Collector):
+    """Families computed when Prometheus scrapes, from the service that owns the state."""
+
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
+
 
 class Metrics:
-    """Every metric the broker exports (SPEC §9), on a private registry."""
+    """Every metric the broker exports (SPEC §9), on a private registry, with the
+    standard ``process_*`` and ``python_*`` collectors.
+
+    ``model`` labels carry asset IDs of the registry only (a model is looked up before
+    anything is counted against it), so their number stays bounded.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -37,6 +100,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Gauge(
+            "broker_build_info", "The broker's version; always 1.", ["version"], registry=r
+        ).labels(__version__).set(1)
         self.requests = Counter(
             "broker_requests_total",
             "HTTP requests answered.",
@@ -50,20 +119,42 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.upstream_duration = Histogram(
-            "broker_upstream_duration_seconds",
-            "Time Cube took to answer.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.upstream_duration = _Bound(
+            Histogram(
+                "broker_upstream_duration_seconds",
+                "Time Cube took to start its answer, by semantic model.",
+                ["model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
         )
-        self.tokens_minted = Counter(
-            "broker_tokens_minted_total", "Tokens minted by this replica.", registry=r
+        self.tokens_minted = _Bound(
+            Counter(
+                "broker_tokens_minted_total",
+                "Tokens minted by this replica, by semantic model.",
+                ["model"],
+                registry=r,
+            )
         )
-        self.token_cache_hits = Counter(
-            "broker_token_cache_hits_total", "Token requests served from a cache.", registry=r
+        self.token_cache_hits = _Bound(
+            Counter(
+                "broker_token_cache_hits_total",
+                "Token requests served from a cache (this replica's or the store's), by model.",
+                ["model"],
+                registry=r,
+            )
         )
         self.auth_failures = Counter(
             "broker_auth_failures_total", "Refused authentications.", ["reason"], registry=r
+        )
+        self.rate_limited = _Bound(
+            Counter(
+                "broker_rate_limited_total",
+                "Requests refused with 429, by cause: key_limit (the key's rate limit), "
+                "brute_force (the guard), body_memory (the bound on bodies in memory).",
+                ["cause"],
+                registry=r,
+            )
         )
         self.store_errors = Counter(
             "broker_store_errors_total", "Store calls that failed.", registry=r
@@ -88,6 +179,44 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def follow_key_feed(self, feed: KeyFeed) -> None:
+        """Export the key cache's change feed: its age, computed at each scrape, and the
+        count of polls that failed."""
+
+        def families() -> Iterable[Metric]:
+            yield GaugeMetricFamily(
+                "broker_key_feed_age_seconds",
+                "Seconds since the store's key change feed last answered (since start-up "
+                "until it first does); above about 1 s, cached keys are not trusted.",
+                value=feed.feed_age(),
+            )
+            yield CounterMetricFamily(
+                "broker_key_feed_failures",
+                "Polls of the store's key change feed that failed.",
+                value=feed.feed_failures,
+            )
+
+        self.registry.register(_Scraped(families))
+
+    def follow_reloads(self, reloads: Reloads) -> None:
+        """Export the model registry's reloads: when the last one succeeded, and how many
+        attempts failed."""
+
+        def families() -> Iterable[Metric]:
+            yield GaugeMetricFamily(
+                "broker_models_last_reload_timestamp_seconds",
+                "Unix time the model registry was last loaded successfully.",
+                value=reloads.last_reload,
+            )
+            yield CounterMetricFamily(
+                "broker_models_reload_failures",
+                "Reload attempts of the model registry that failed (the last good "
+                "registry stays in use; while it is broken every poll retries).",
+                value=reloads.reload_failures,
+            )
+
+        self.registry.register(_Scraped(families))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -84,11 +84,11 @@ class TokenService:
         cache_key = f"{key.id}:{model.asset_id}:{model.schema_hash}:{self._config.secrets.kid}"
         cached = self._l1.get(cache_key)
         if cached is not None and self._fresh(cached):
-            self._metrics.token_cache_hits.inc()
+            self._metrics.token_cache_hits(model.asset_id).inc()
             return cached
         token, shared = await self._flights.do(cache_key, lambda: self._fill(cache_key, key, model))
         if shared:
-            self._metrics.token_cache_hits.inc()
+            self._metrics.token_cache_hits(model.asset_id).inc()
         return token
 
     async def _fill(self, cache_key: str, key: KeyRecord, model: SemanticModel) -> MintedToken:
@@ -101,16 +101,16 @@ class TokenService:
     ) -> MintedToken:
         stored = await self._store.get_token(cache_key)
         if stored is not None and self._fresh(stored):
-            self._metrics.token_cache_hits.inc()
+            self._metrics.token_cache_hits(model.asset_id).inc()
             return stored
         now = int(self._clock())
         fresh = mint(self._config, model.asset_id, model.schema_hash, key.public_id, now)
         keep_until = fresh.expires_at - self._config.min_remaining
         winner = await self._store.add_token(cache_key, fresh, keep_until)
         if winner.jti == fresh.jti:
-            self._metrics.tokens_minted.inc()
+            self._metrics.tokens_minted(model.asset_id).inc()
         else:
-            self._metrics.token_cache_hits.inc()
+            self._metrics.token_cache_hits(model.asset_id).inc()
         return winner
 
     def _fresh(self, token: MintedToken) -> bool:

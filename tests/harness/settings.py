@@ -13,8 +13,11 @@ CALLBACK_SECRET = "callback-secret-for-tests-0123"
 
 def make_settings(**overrides: str) -> Settings:
     """Settings of a broker with the test secrets and the sample registry, ``overrides``
-    (environment variable names) on top; the store is the default unless overridden."""
+    (environment variable names) on top; the store is the default unless overridden. Cube
+    is a closed port unless overridden, so no Cube (or anything else) that happens to run
+    on the default 127.0.0.1:4000 answers a test."""
     env = {
+        "BROKER_CUBE_URL": "http://127.0.0.1:9",
         "CUBEJS_API_SECRET": API_SECRET,
         "BROKER_CALLBACK_SECRET": CALLBACK_SECRET,
         "ATHENA_KEY_12": ADMIN_KEY,
