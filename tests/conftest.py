@@ -21,6 +21,8 @@ from broker.settings import Settings
 from broker.store import Store, open_store
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.redis import RedisServer, start_redis
+from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
+from tests.harness.redis_sentinel import SentinelDeployment, start_redis_sentinel
 from tests.harness.settings import ADMIN_KEY, make_settings
 from tests.helpers import AiohttpClient, Client
 
@@ -46,13 +48,31 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 STORE_KINDS = ("sqlite", "redis")
+#: The store contract also runs on the Redis deployments replicated brokers run.
+EVERY_STORE = (*STORE_KINDS, "cluster", "sentinel")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "both_stores"
-    ):
+    if "store_kind" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("every_store"):
+        metafunc.parametrize("store_kind", EVERY_STORE, indirect=True)
+    elif metafunc.definition.get_closest_marker("both_stores"):
         metafunc.parametrize("store_kind", STORE_KINDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A private three-master Redis Cluster, started on first use."""
+    with start_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelDeployment]:
+    """A private Sentinel deployment (a master, a replica, three sentinels)."""
+    with start_redis_sentinel() as deployment:
+        yield deployment
 
 
 @pytest.fixture
@@ -66,6 +86,14 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if store_kind == "sqlite":
         return f"sqlite:///{tmp_path}/store/broker.db"
+    if store_kind == "cluster":
+        cluster: ClusterServers = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        return cluster.url
+    if store_kind == "sentinel":
+        sentinel: SentinelDeployment = request.getfixturevalue("redis_sentinel")
+        sentinel.server(sentinel.master_port()).flushall()
+        return sentinel.url
     url: str = request.getfixturevalue("redis_url")
     return url
 

@@ -31,7 +31,7 @@ from tests.harness.redis import RedisServer
 from tests.harness.waiting import wait_until
 
 #: The contract: every backend must pass every test of it that uses a store.
-pytestmark = pytest.mark.both_stores
+pytestmark = pytest.mark.every_store
 
 
 def full_record() -> KeyRecord:

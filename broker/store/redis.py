@@ -37,8 +37,10 @@ a write no replica acknowledged in time is ``StoreUnavailable``, never reported 
 
 The client connects lazily, with short timeouts and a single immediate retry (which
 replaces a pooled connection killed by a Redis restart), and every exchange is bounded as
-a whole (``call_timeout``), so a down or stalled Redis answers ``StoreUnavailable`` in
-well under a second and a restarted one serves again without restarting the broker.
+a whole (``call_timeout``: 0.6 s, 1.5 s on Sentinel and Cluster, whose clients discover
+the topology on their first exchange), so a down or stalled Redis answers
+``StoreUnavailable`` within about a second and a restarted one serves again without
+restarting the broker.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from broker.store.common import (
     encode_token,
     next_version,
 )
-from broker.store.redis_connect import SINGLE, RedisOptions, connect, parse_redis_url
+from broker.store.redis_connect import CLUSTER, SINGLE, RedisOptions, connect, parse_redis_url
 
 #: Optimistic ``update_key`` attempts before giving up: each lost attempt means another
 #: writer won, so this bounds the writers one update can wait for.
@@ -206,7 +208,7 @@ class RedisStore(Store):
         prefix: str = "broker:",
         connect_timeout: float = 1.0,
         read_timeout: float = 1.0,
-        call_timeout: float = 0.6,
+        call_timeout: float | None = None,
         wait_timeout: float = 0.4,
     ) -> None:
         if feed_length < 1:
@@ -214,7 +216,7 @@ class RedisStore(Store):
         self._feed_length = feed_length
         self._prefix = prefix
         self._target = parse_redis_url(url)
-        self._redis = connect(
+        self._redis, self._behind = connect(
             self._target,
             options or RedisOptions(),
             connect_timeout=connect_timeout,
@@ -226,23 +228,39 @@ class RedisStore(Store):
         self._gcra = self._redis.register_script(_GCRA)
         self._count_failure = self._redis.register_script(_COUNT_FAILURE)
         self._feed_keys = [self._k("feed:seq"), self._k("feed")]
-        self._call_timeout = call_timeout
+        # One server answers in well under a millisecond; a Sentinel or Cluster client's
+        # first exchange also asks where the master or the slots are (and loads scripts).
+        self._call_timeout = call_timeout or (0.6 if self._target.kind == SINGLE else 1.5)
         self._wait_ms = max(1, int(wait_timeout * 1000))
         self._replicas_checked_at = -math.inf
         self._has_replicas = self._target.replicated
+        self._undiscovered = self._target.kind == CLUSTER
+        self._discovery = asyncio.Lock()
         self._closed = False
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
+    async def _call(self, *, discover: bool = True) -> AsyncIterator[None]:
         """One exchange with Redis, answered within ``call_timeout`` seconds or
         ``StoreUnavailable``: a stalled Redis (paused, swapping, ``DEBUG SLEEP``) must not
         hold a caller longer than the few calls a request makes add up to (SPEC §9: 2 s)."""
         try:
             async with asyncio.timeout(self._call_timeout):
                 with _unavailable():
+                    if discover:
+                        await self._discovered()
                     yield
         except TimeoutError:
             raise StoreUnavailable("The Redis store did not answer in time.") from None
+
+    async def _discovered(self) -> None:
+        """A Cluster client learns the slots once, before anything else: redis-py's asyncio
+        cluster client, discovering them on many concurrent first commands at once, may
+        hand a command a connection still being opened (``writelines`` of ``None``)."""
+        if self._undiscovered:
+            async with self._discovery:
+                if self._undiscovered:
+                    await self._redis.initialize()
+                    self._undiscovered = False
 
     def _k(self, *parts: str) -> str:
         """A key in the ``{k}`` slot: records, their indexes, the feed, the ``jti`` index."""
@@ -292,8 +310,10 @@ class RedisStore(Store):
         if self._closed:
             return
         self._closed = True
-        async with self._call():
+        async with self._call(discover=False):
             await self._redis.aclose()
+            for client in self._behind:
+                await client.aclose()
 
     # -- key records ---------------------------------------------------------------------
 

@@ -143,8 +143,9 @@ def connect(
     *,
     connect_timeout: float,
     read_timeout: float,
-) -> aioredis.Redis | RedisCluster:
-    """A client for ``target`` that connects lazily; replies decoded as text."""
+) -> tuple[aioredis.Redis | RedisCluster, list[aioredis.Redis]]:
+    """A client for ``target`` that connects lazily, replies decoded as text, and the
+    clients behind it to close with it (a Sentinel deployment's sentinels)."""
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": connect_timeout,
@@ -154,11 +155,12 @@ def connect(
         **_tls(target, options),
     }
     if target.kind == CLUSTER:
-        return RedisCluster(
+        cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             require_full_coverage=True,
             **common,
         )
+        return cluster, []
     if target.kind == SENTINEL:
         assert target.service_name is not None
         sentinel_side = {
@@ -172,9 +174,10 @@ def connect(
         master: aioredis.Redis = sentinel.master_for(
             target.service_name, db=target.db, health_check_interval=5
         )
-        return master
+        return master, list(sentinel.sentinels)
     host, port = target.nodes[0]
-    return aioredis.Redis(host=host, port=port, db=target.db, health_check_interval=5, **common)
+    single = aioredis.Redis(host=host, port=port, db=target.db, health_check_interval=5, **common)
+    return single, []
 
 
 def _credentials(target: RedisTarget, options: RedisOptions) -> dict[str, Any]:
