@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.cube.access import Call
+from broker.cube.access import Call, required_right
 from broker.cube.headers import downstream_headers, upstream_headers
 from broker.cube.query import may_be_continue_wait
 from broker.http.requests import forwarded_for, proxy_credential, read_body
-from broker.keys.rights import META_READ, QUERY_EXECUTE
 from broker.state import CLIENT_IP, CUBE, CUBE_ACCESS, KEY_PUBLIC_ID, MODEL_ID, REQUEST_ID, SETTINGS
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    right = META_READ if request.path == "/cubejs-api/v1/meta" else QUERY_EXECUTE
     access = request.app[CUBE_ACCESS]
     caller = await access.authenticate(proxy_credential(request.headers))
     body = await read_body(request) if request.body_exists else None
     call = Call(request.headers.get("X-Request-Id"), request.method, request.raw_path, body)
-    grant = await access.grant(caller, right, request[CLIENT_IP], call)
+    grant = await access.grant(caller, required_right(request.path), request[CLIENT_IP], call)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
     forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)

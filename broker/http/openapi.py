@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from broker import __version__
+from broker.cube.access import FORWARDED
 from broker.http.listeners import ANYWHERE, serves
 from broker.keys.validation import (
     CREATE_FIELDS,
@@ -177,13 +178,12 @@ def _model_paths() -> Json:
 
 
 def _proxy_paths() -> Json:
-    get = _op("Forwarded to Cube", "200", tag="proxy", security=_PROXY)
-    both = {"get": get, "post": _op("Forwarded to Cube", "200", tag="proxy", security=_PROXY)}
     return {
-        "/cubejs-api/v1/load": both,
-        "/cubejs-api/v1/meta": {"get": get},
-        "/cubejs-api/v1/sql": both,
-        "/cubejs-api/v1/dry-run": both,
+        path: {
+            method.lower(): _op("Forwarded to Cube", "200", tag="proxy", security=_PROXY)
+            for method in methods
+        }
+        for path, methods in FORWARDED.items()
     }
 
 
