@@ -12,6 +12,7 @@ from aiohttp import web
 
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_session
+from broker.cube.meta_cache import MetaCache
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
@@ -35,6 +36,7 @@ from broker.state import (
     KEY_POLICY,
     KEY_VERIFIER,
     LISTENERS,
+    META_CACHE,
     METRICS,
     REGISTRY,
     SETTINGS,
@@ -65,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     app[BODIES] = BodyBudget(settings.body_memory, settings.body_timeout)
     app[LISTENERS] = Listeners()
     app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
+    app[META_CACHE] = MetaCache(app[REGISTRY], app[METRICS])
     app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_services)

@@ -85,6 +85,7 @@ async def test_metrics_use_route_templates(client: Client, admin_headers: dict[s
         "broker_token_cache_hits_total",
         "broker_store_errors_total",
         "broker_upstream_errors_total",
+        'broker_meta_cache_total{result="hit"} 0.0',
     ):
         assert name in text
 
