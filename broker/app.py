@@ -13,6 +13,7 @@ from aiohttp import web
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_session
 from broker.cube.meta_cache import MetaCache
+from broker.http import decision
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     app[META_CACHE] = MetaCache(app[REGISTRY], app[METRICS])
     app.on_response_prepare.append(on_prepare)
+    app.on_response_prepare.append(decision.on_prepare)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_upstream)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.cube.access import FORWARDED
-from broker.handlers import admin, cube, health, internal, semantic
+from broker.handlers import admin, cube, decision, health, internal, semantic
+from broker.http.decision import DECISION_PATH
 
 
 def setup_routes(app: web.Application) -> None:
@@ -30,6 +31,8 @@ def setup_routes(app: web.Application) -> None:
     for path, methods in FORWARDED.items():
         for method in methods:
             r.add_route(method, path, cube.forward)
+    r.add_route("*", DECISION_PATH, decision.decide)
+    r.add_route("*", DECISION_PATH + "/{path:.*}", decision.decide)
 
     r.add_post("/internal/v1/credentials", internal.credentials)
     r.add_get("/internal/v1/models", internal.list_models)

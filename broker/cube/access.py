@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from broker.cube.query import META_PATH, is_continue_wait
-from broker.errors import AuthFailure, BadRequest, Unauthorized
+from broker.errors import AuthFailure, BadRequest, MethodNotAllowed, NotFound, Unauthorized
 from broker.keys.policy import KeyPolicy, poll_identity
 from broker.keys.record import KeyRecord
 from broker.keys.rights import META_READ, QUERY_EXECUTE
@@ -128,6 +128,20 @@ class CubeAccess:
         model = self._registry.current.require(asset_id)
         minted = await self._tokens.token_for(record, model)
         return Grant(minted.token, record, model.asset_id, model.schema_hash, poll)
+
+    async def decide(self, credential: Credential, path: str, client_ip: str, call: Call) -> Grant:
+        """Decision mode: whether the proxy would forward ``call`` (to the decoded
+        ``path``), and with which Cube token. Exactly the proxy's checks, in its order:
+        the route (``NotFound``, or ``MethodNotAllowed`` naming the methods it takes),
+        then :meth:`authenticate` and :meth:`grant`. Nothing of a body is needed: the
+        poll identity is the proxy's for a call without one."""
+        methods = FORWARDED.get(path)
+        if methods is None:
+            raise NotFound()
+        if call.method not in methods:
+            raise MethodNotAllowed(headers={"Allow": ", ".join(methods)})
+        caller = await self.authenticate(credential)
+        return await self.grant(caller, required_right(path), client_ip, call)
 
     async def answered(self, grant: Grant, body: bytes) -> None:
         """Cube's whole (short) answer to ``grant``'s call: a "Continue wait" makes the
