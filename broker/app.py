@@ -12,6 +12,8 @@ from aiohttp import web
 
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_session
+from broker.cube.meta_cache import MetaCache
+from broker.http import decision
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
@@ -36,6 +38,7 @@ from broker.state import (
     KEY_POLICY,
     KEY_VERIFIER,
     LISTENERS,
+    META_CACHE,
     METRICS,
     REGISTRY,
     SETTINGS,
@@ -67,7 +70,9 @@ def create_app(settings: Settings) -> web.Application:
     app[LISTENERS] = Listeners()
     registry = app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     metrics.follow_reloads(registry)
+    app[META_CACHE] = MetaCache(registry, metrics)
     app.on_response_prepare.append(on_prepare)
+    app.on_response_prepare.append(decision.on_prepare)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_upstream)

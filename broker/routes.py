@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.handlers import admin, cube, health, internal, semantic
+from broker.cube.access import FORWARDED
+from broker.handlers import admin, cube, decision, health, internal, semantic
+from broker.http.decision import DECISION_PATH
 
 
 def setup_routes(app: web.Application) -> None:
@@ -27,10 +29,11 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"{model}/metadata", semantic.metadata)
     r.add_post(f"{model}/query", semantic.query)
 
-    r.add_route("GET", "/cubejs-api/v1/meta", cube.forward)
-    for path in ("/cubejs-api/v1/load", "/cubejs-api/v1/sql", "/cubejs-api/v1/dry-run"):
-        r.add_route("GET", path, cube.forward)
-        r.add_route("POST", path, cube.forward)
+    for path, methods in FORWARDED.items():
+        for method in methods:
+            r.add_route(method, path, cube.forward)
+    r.add_route("*", DECISION_PATH, decision.decide)
+    r.add_route("*", DECISION_PATH + "/{path:.*}", decision.decide)
 
     r.add_post("/internal/v1/credentials", internal.credentials)
     r.add_get("/internal/v1/models", internal.list_models)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient
+from broker.cube.meta_cache import MetaCache
 from broker.http.bodies import BodyBudget
 from broker.http.guard import BruteForceGuard
 from broker.http.listeners import Listeners
@@ -35,6 +36,7 @@ GUARD = web.AppKey("guard", BruteForceGuard)
 TOKEN_VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 CUBE = web.AppKey("cube", CubeClient)
 CUBE_ACCESS = web.AppKey("cube_access", CubeAccess)
+META_CACHE = web.AppKey("meta_cache", MetaCache)
 BODIES = web.AppKey("bodies", BodyBudget)
 LISTENERS = web.AppKey("listeners", Listeners)
 

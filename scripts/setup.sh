@@ -24,6 +24,9 @@ if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; 
 fi
 if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   have redis-server || need_apt+=(redis-server)
+  # nginx in front of Cube with deploy/nginx, the broker deciding (Debian keeps it in
+  # /usr/sbin, which a non-root PATH may lack).
+  have nginx || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
   # The end-to-end tests: a private PostgreSQL cluster (Debian keeps initdb off PATH) and
   # the real Cube server, which scripts/install-cube.sh fetches with npm.
   have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)

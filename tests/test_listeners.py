@@ -27,6 +27,8 @@ ROUTES = {
         ("GET", "/cubejs-api/v1/meta"),
         ("GET", "/cubejs-api/v1/sql"),
         ("POST", "/cubejs-api/v1/dry-run"),
+        ("GET", "/auth/v1/cube"),
+        ("POST", "/auth/v1/cube/cubejs-api/v1/load"),
     ],
     ADMIN: [
         ("POST", "/admin/api-keys"),
@@ -121,6 +123,8 @@ async def test_each_listener_describes_its_own_routes(listening: Listening) -> N
         "/cubejs-api/v1/meta",
         "/cubejs-api/v1/sql",
         "/cubejs-api/v1/dry-run",
+        "/auth/v1/cube",
+        "/auth/v1/cube/{path}",
     }
     assert documented[ADMIN] == operations | {
         "/metrics",

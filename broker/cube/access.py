@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from broker.cube.query import is_continue_wait
-from broker.errors import AuthFailure, BadRequest, Unauthorized
+from broker.cube.query import META_PATH, is_continue_wait
+from broker.errors import AuthFailure, BadRequest, MethodNotAllowed, NotFound, Unauthorized
 from broker.keys.policy import KeyPolicy, poll_identity
 from broker.keys.record import KeyRecord
+from broker.keys.rights import META_READ, QUERY_EXECUTE
 from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
 from broker.tokens.issue import TokenService
-from broker.tokens.verify import TokenVerifier
+from broker.tokens.verify import TokenClaims, TokenVerifier
+
+#: The Cube routes the proxy forwards, with their methods (SPEC §8); every other
+#: ``/cubejs-api/`` path is 404.
+FORWARDED: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "/cubejs-api/v1/load": ("GET", "POST"),
+        META_PATH: ("GET",),
+        "/cubejs-api/v1/sql": ("GET", "POST"),
+        "/cubejs-api/v1/dry-run": ("GET", "POST"),
+    }
+)
+
+
+def required_right(path: str) -> str:
+    """The right a key needs for the forwarded route ``path``."""
+    return META_READ if path == META_PATH else QUERY_EXECUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,22 +54,25 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated caller: its credential, the key behind it, and for a token the
-    model it was minted for (``None`` in key mode: the model is the one the key names)."""
+    """An authenticated caller: its credential, the key behind it, and for a token its
+    claims (the model and schema hash it was minted for; ``None`` in key mode: the model
+    is the one the key names)."""
 
     credential: Credential
     key: KeyRecord
-    model_id: str | None
+    claims: TokenClaims | None
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The Cube token to forward, the key behind it, the model, the caller's poll identity
-    (``None`` when the key has no rate limit: nothing would use it)."""
+    """The Cube token to forward, the key behind it, the model and the schema hash that
+    token names, the caller's poll identity (``None`` when the key has no rate limit:
+    nothing would use it)."""
 
     token: str
     key: KeyRecord
     model_id: str
+    schema_hash: str
     poll: str | None
 
 
@@ -89,7 +110,7 @@ class CubeAccess:
         if not credential.token:
             raise Unauthorized(AuthFailure.MISSING)
         claims, record = await self._token_verifier.verify(credential.token)
-        return Caller(credential, record, claims.model_id)
+        return Caller(credential, record, claims)
 
     async def grant(self, caller: Caller, right: str, client_ip: str, call: Call) -> Grant:
         """What to forward for an authenticated caller: a key needs ``right`` on its model
@@ -97,14 +118,30 @@ class CubeAccess:
         against the key's rate limit. Raises ``IPNotAllowed``, ``Forbidden``, ``NotFound``
         or ``RateLimited``."""
         poll = _poll(caller.key, call)
-        if caller.model_id is not None:
+        claims = caller.claims
+        if claims is not None:
             await self._policy.limit(caller.key, poll)
-            return Grant(caller.credential.token, caller.key, caller.model_id, poll)
+            token = caller.credential.token
+            return Grant(token, caller.key, claims.model_id, claims.schema_hash, poll)
         asset_id = caller.credential.model
         record = await self._keys.permit(caller.key, right, asset_id, client_ip, poll)
         model = self._registry.current.require(asset_id)
         minted = await self._tokens.token_for(record, model)
-        return Grant(minted.token, record, model.asset_id, poll)
+        return Grant(minted.token, record, model.asset_id, model.schema_hash, poll)
+
+    async def decide(self, credential: Credential, path: str, client_ip: str, call: Call) -> Grant:
+        """Decision mode: whether the proxy would forward ``call`` (to the decoded
+        ``path``), and with which Cube token. Exactly the proxy's checks, in its order:
+        the route (``NotFound``, or ``MethodNotAllowed`` naming the methods it takes),
+        then :meth:`authenticate` and :meth:`grant`. Nothing of a body is needed: the
+        poll identity is the proxy's for a call without one."""
+        methods = FORWARDED.get(path)
+        if methods is None:
+            raise NotFound()
+        if call.method not in methods:
+            raise MethodNotAllowed(headers={"Allow": ", ".join(methods)})
+        caller = await self.authenticate(credential)
+        return await self.grant(caller, required_right(path), client_ip, call)
 
     async def answered(self, grant: Grant, body: bytes) -> None:
         """Cube's whole (short) answer to ``grant``'s call: a "Continue wait" makes the

@@ -108,6 +108,25 @@ class CubeClient:
         with self._failures():
             return await response.read()
 
+    async def read_head(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The body of ``response`` as far as it is read: all of it when it fits in
+        ``limit`` bytes (then ``response.content.at_eof()``), else a part of it or nothing
+        (a declared length over ``limit`` is not read at all); :meth:`relay` sends the
+        rest. Failures as for :meth:`read`."""
+        length = response.content_length
+        if length is not None and length > limit:
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        with self._failures():
+            while size <= limit:
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        return b"".join(chunks)
+
     async def relay(
         self,
         request: web.Request,

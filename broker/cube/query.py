@@ -35,7 +35,8 @@ def may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
 
 
 def is_continue_wait(raw: bytes) -> bool:
-    return bool(json_or_none(raw) == _CONTINUE_WAIT)
+    """Whether ``raw`` is Cube's ``{"error": "Continue wait"}`` (a long body is not parsed)."""
+    return len(raw) <= _CONTINUE_WAIT_MAX and bool(json_or_none(raw) == _CONTINUE_WAIT)
 
 
 @contextlib.asynccontextmanager

@@ -1,26 +1,41 @@
-"""The ``/cubejs-api/v1`` proxy (SPEC §8): authenticate, then stream Cube's answer."""
+"""The ``/cubejs-api/v1`` proxy (SPEC §8): authenticate, then stream Cube's answer (or
+serve ``/meta`` from memory)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from broker.cube.access import Call
+from broker.cube.access import Call, required_right
 from broker.cube.headers import downstream_headers, upstream_headers
-from broker.cube.query import may_be_continue_wait
+from broker.cube.query import META_PATH, may_be_continue_wait
 from broker.http.requests import forwarded_for, proxy_credential, read_body
-from broker.keys.rights import META_READ, QUERY_EXECUTE
-from broker.state import CLIENT_IP, CUBE, CUBE_ACCESS, KEY_PUBLIC_ID, MODEL_ID, REQUEST_ID, SETTINGS
+from broker.state import (
+    CLIENT_IP,
+    CUBE,
+    CUBE_ACCESS,
+    KEY_PUBLIC_ID,
+    META_CACHE,
+    MODEL_ID,
+    REQUEST_ID,
+    SETTINGS,
+)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    right = META_READ if request.path == "/cubejs-api/v1/meta" else QUERY_EXECUTE
     access = request.app[CUBE_ACCESS]
     caller = await access.authenticate(proxy_credential(request.headers))
     body = await read_body(request) if request.body_exists else None
     call = Call(request.headers.get("X-Request-Id"), request.method, request.raw_path, body)
-    grant = await access.grant(caller, right, request[CLIENT_IP], call)
+    grant = await access.grant(caller, required_right(request.path), request[CLIENT_IP], call)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
+    meta = request.app[META_CACHE]
+    kept_at = None
+    if request.path == META_PATH:
+        kept_at = meta.key_for(grant, request.raw_path.partition("?")[2])
+        kept = meta.get(kept_at)
+        if kept is not None:
+            return web.Response(body=kept.body, headers={"Content-Type": kept.content_type})
     forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)
     headers = upstream_headers(request.headers, grant.token, request[REQUEST_ID], forwarded)
     cube = request.app[CUBE]
@@ -28,10 +43,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
         request.method, request.raw_path, headers, body, model=grant.model_id
     ) as upstream:
         head = b""
-        if may_be_continue_wait(upstream):
-            # A short JSON answer: read it whole to see whether Cube said "Continue wait",
-            # so the caller's next polls of this query are not counted by the rate limit.
+        if kept_at is not None and upstream.status == 200:
+            head = await cube.read_head(upstream, meta.max_answer)
+            whole = upstream.content.at_eof()
+            meta.keep(kept_at, upstream.status, upstream.headers, head, whole=whole)
+        elif may_be_continue_wait(upstream):
             head = await cube.read(upstream)
+        if may_be_continue_wait(upstream):
+            # A short JSON answer, read whole: if Cube said "Continue wait", the caller's
+            # next polls of this query are not counted by the rate limit.
             await access.answered(grant, head)
         return await cube.relay(
             request, upstream, downstream_headers(upstream.headers), request[REQUEST_ID], head

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.http.decision import is_decision
 from broker.state import REQUEST_ID, SETTINGS
 
 #: What the broker tells of itself in ``Server`` (aiohttp's default names the versions
@@ -21,8 +22,14 @@ PREFLIGHT_MAX_AGE = "600"
 
 
 def is_preflight(request: web.Request) -> bool:
-    """A CORS preflight: answered 204 on any path, its headers set by :func:`on_prepare`."""
-    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    """A CORS preflight: answered 204 on any path, its headers set by :func:`on_prepare`.
+    Never a decision request (:mod:`broker.http.decision`): that is a proxy asking about
+    a browser's request, which the proxy's own CORS answers, not the broker's."""
+    return (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and not is_decision(request.path)
+    )
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from broker import __version__
+from broker.cube.access import FORWARDED
 from broker.http.listeners import ANYWHERE, serves
 from broker.keys.validation import (
     CREATE_FIELDS,
@@ -48,6 +49,7 @@ def openapi_document(listener: str = ANYWHERE) -> Json:
         **_admin_paths(),
         **_model_paths(),
         **_proxy_paths(),
+        **_decision_paths(),
         **_internal_paths(),
     }
     return {
@@ -199,13 +201,44 @@ def _model_paths() -> Json:
 
 
 def _proxy_paths() -> Json:
-    get = _op("Forwarded to Cube", "200", tag="proxy", security=_PROXY)
-    both = {"get": get, "post": _op("Forwarded to Cube", "200", tag="proxy", security=_PROXY)}
     return {
-        "/cubejs-api/v1/load": both,
-        "/cubejs-api/v1/meta": {"get": get},
-        "/cubejs-api/v1/sql": both,
-        "/cubejs-api/v1/dry-run": both,
+        path: {
+            method.lower(): _op("Forwarded to Cube", "200", tag="proxy", security=_PROXY)
+            for method in methods
+        }
+        for path, methods in FORWARDED.items()
+    }
+
+
+def _decision_paths() -> Json:
+    """Decision mode (SPEC §8): any method; documented are those a calling proxy uses."""
+    original = [
+        {"name": name, "in": "header", "required": False, "schema": {"type": "string"},
+         "description": description}
+        for name, description in (
+            ("X-Original-URI", "The original path and query (nginx, ingress-nginx)."),
+            ("X-Original-Method", "The original method (default: this request's)."),
+            ("X-Forwarded-Uri", "The original path and query (Traefik ForwardAuth)."),
+            ("X-Forwarded-Method", "The original method (default: this request's)."),
+        )
+    ]  # fmt: skip
+    below = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "The original path, for Envoy's ext_authz path_prefix."}  # fmt: skip
+    token = {
+        "description": "The proxy would forward it: empty body, the token to forward",
+        "headers": {"Authorization": {"schema": {"type": "string"}}},
+    }
+
+    def decide(params: list[Json]) -> Json:
+        op = _op("Would the proxy forward this request, and with which token?", "200",
+                 tag="decision", security=_PROXY, params=params)  # fmt: skip
+        op["responses"]["200"] = token
+        return op
+
+    methods = ("get", "post", "put", "patch", "delete")
+    return {
+        "/auth/v1/cube": {m: decide(original) for m in methods},
+        "/auth/v1/cube/{path}": {m: decide([below]) for m in methods},
     }
 
 

@@ -162,6 +162,14 @@ class Metrics:
         self.upstream_errors = Counter(
             "broker_upstream_errors_total", "Failed calls to Cube.", ["kind"], registry=r
         )
+        self.meta_cache = Counter(
+            "broker_meta_cache_total",
+            "Proxied /meta calls answered from memory (hit) or by Cube (miss).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("hit", "miss"):
+            self.meta_cache.labels(result)  # both exported from the start, at 0
 
     def observe_request(
         self, listener: str, route: str, method: str, status: int, seconds: float

@@ -55,11 +55,11 @@ class HTTPProcess(Stoppable):
     def log_tail(self, size: int = 4000) -> str:
         return tail(self.log_path, size)
 
-    def wait_until_answers(self, path: str, timeout: float) -> None:
-        """Bounded polling until ``GET path`` answers 200; raises ``RuntimeError`` with the
-        log's tail when the process exits or the time is up."""
+    def wait_until_answers(self, path: str, timeout: float, status: int = 200) -> None:
+        """Bounded polling until ``GET path`` answers ``status``; raises ``RuntimeError``
+        with the log's tail when the process exits or the time is up."""
         deadline = time.monotonic() + timeout
-        while status_of(self.url + path) != 200:
+        while status_of(self.url + path) != status:
             if self._process is None or self._process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited while starting:\n{self.log_tail()}")
             if time.monotonic() > deadline:
