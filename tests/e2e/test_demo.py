@@ -22,6 +22,8 @@ from typing import IO
 
 import pytest
 
+from tests.harness.process import processes_mentioning
+
 REPO = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.timeout(180)
@@ -59,26 +61,6 @@ def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> list[bytes]:
         lines.append(line)
         if marker in line:
             return lines
-
-
-def processes_mentioning(folder: Path) -> list[str]:
-    """``pid: command line`` of every live process whose command line, working folder or
-    environment names ``folder``."""
-    needle = str(folder).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            cwd = os.readlink(entry / "cwd").encode()
-        except OSError:  # gone meanwhile, or a zombie
-            continue
-        if needle in cmdline or needle in environ or needle in cwd:
-            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
-    return found
 
 
 def assert_nothing_left(tmp: Path) -> None:
