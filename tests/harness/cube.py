@@ -79,7 +79,8 @@ def start_cube(
     workdir: Path | None = None,
 ) -> HTTPProcess:
     """The real Cube server (``cubejs-server``, as in Cube's Docker image) with
-    ``deploy/cube/cube.js`` in a working folder; returns once ``/livez`` answers.
+    ``deploy/cube/cube.js`` in a working folder, listening on ``127.0.0.1:port`` only
+    (``cube_loopback.js``); returns once ``/livez`` answers.
 
     The folder gets a fresh copy of ``cube.js`` and a ``node_modules`` link to the install
     of ``scripts/install-cube.sh``. Without ``workdir`` it is a temporary folder that
@@ -110,7 +111,7 @@ def start_cube(
     server_bin = install / "node_modules" / "@cubejs-backend" / "server" / "bin" / "server"
     cube = HTTPProcess(
         "cube",
-        [node, str(server_bin)],
+        [node, "--require", str(Path(__file__).with_name("cube_loopback.js")), str(server_bin)],
         env=env,
         workdir=workdir,
         port=port,
