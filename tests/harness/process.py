@@ -124,3 +124,16 @@ def processes_mentioning(folder: Path) -> list[str]:
             command = cmdline.replace(b"\0", b" ").decode(errors="replace")
             found.append(f"{entry.name}: {command}")
     return found
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> list[bytes]:
+    """The lines ``proc`` writes to its stdout pipe, up to the first holding ``marker``;
+    fails when its output ends first."""
+    assert proc.stdout is not None
+    lines: list[bytes] = []
+    while True:
+        line = proc.stdout.readline()
+        assert line, f"the output ended before {marker!r}: {b''.join(lines)[-3000:]!r}"
+        lines.append(line)
+        if marker in line:
+            return lines
