@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the broker and its tests need on a fresh Debian machine, idempotently:
 # Debian packages that are missing (when root), then a virtualenv in .venv with the
-# package and its test extras. Re-running it is cheap: pip runs only when pyproject.toml
+# package and its test extras. WITH_LOCAL_STACK=1 adds PostgreSQL, Node.js and npm (for
+# scripts/run.sh and make demo); WITH_TEST_SERVICES=1 those and redis-server (and
+# kubectl, for the tests). Re-running it is cheap: pip runs only when pyproject.toml
 # changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,11 @@ if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; 
 fi
 if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   have redis-server || need_apt+=(redis-server)
-  # The end-to-end tests: a private PostgreSQL cluster (Debian keeps initdb off PATH) and
-  # the real Cube server, which scripts/install-cube.sh fetches with npm.
+fi
+if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_LOCAL_STACK:-0}" = 1 ]; then
+  # The end-to-end tests, make demo and scripts/run.sh: a private PostgreSQL cluster
+  # (Debian keeps initdb off PATH) and the real Cube server, which
+  # scripts/install-cube.sh fetches with npm.
   have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
   have node || need_apt+=(nodejs)
   have npm || need_apt+=(npm)
