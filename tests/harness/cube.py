@@ -94,6 +94,7 @@ def start_cube(
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="broker-cube-"))
     else:
+        workdir = workdir.absolute()  # Cube runs in it, with HOME pointing at it
         workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "deploy" / "cube" / "cube.js", workdir / "cube.js")
     (workdir / "node_modules").unlink(missing_ok=True)

@@ -241,6 +241,7 @@ def start_kept_postgres(
     """A running durable cluster kept in ``workdir`` (made on first use, reused after; see
     :class:`PostgresServer`), on ``127.0.0.1:port``, the role ``user`` logging in with
     ``password`` to ``database``, which holds ``public.orders``."""
+    workdir = workdir.absolute()  # the PostgreSQL programs run in it
     workdir.mkdir(parents=True, exist_ok=True)
     _hand_to_postgres(workdir)
     bin_dir = postgres_bin_dir()
