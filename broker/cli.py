@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser(
         "check-config",
         parents=[common],
-        help="validate the settings and the registry, check that the store answers; serve nothing",
+        help="validate the settings and the registry, check that the store answers, warn "
+        "about data-source passwords that do not resolve; serve nothing",
     )
 
     models = verbs.add_parser("models", help="semantic models").add_subparsers(
@@ -100,8 +101,15 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def check_config(settings: Settings) -> int:
-    """Validate the settings (done by now), the registry and the store, serving nothing."""
+    """Validate the settings (done by now), the registry and the store, serving nothing.
+
+    A data-source password that cannot be resolved now (an unset ``${NAME}``, a missing
+    ``password_file``) is a warning on stderr, not a failure: it is resolved only when
+    Cube asks, so the environment may still get it before then (and a broker serving
+    other models needs it not at all)."""
     registry = load_registry(settings.models_path)
+    for problem in registry.unresolved_credentials(os.environ):
+        print(f"cube-broker: warning: {problem}", file=sys.stderr)
     store = asyncio.run(_check_store(settings))
     print(
         f"configuration OK: {len(registry)} model(s), store {store}; serve would listen on "

@@ -14,12 +14,9 @@ through ``scripts/demo.sh``, which first installs what it needs.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -27,8 +24,7 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.harness.broker import start_broker  # noqa: E402  (after the sys.path entry above)
 from tests.harness.cube import start_cube  # noqa: E402
+from tests.harness.foreground import run_in_foreground, say  # noqa: E402
 from tests.harness.ports import free_port  # noqa: E402
 from tests.harness.postgres import ORDERS_ROWS, start_postgres  # noqa: E402
 from tests.harness.registry import write_registry  # noqa: E402
@@ -47,21 +44,6 @@ QUERY = {
     "dimensions": ["orders.status"],
     "order": {"orders.status": "asc"},
 }
-
-
-class OutputGone(Exception):
-    """Standard output went away: its pipe was closed (``make demo | head``) or its
-    terminal hung up. The demo stops there and cleans up without a word."""
-
-
-def say(*lines: str) -> None:
-    """Print ``lines`` at once (flushed, so a reader sees each step as it happens)."""
-    try:
-        for line in lines:
-            print(line)
-        sys.stdout.flush()
-    except OSError as error:  # EPIPE from a closed pipe, EIO from a hung-up terminal
-        raise OutputGone from error
 
 
 def heading(text: str, *, first: bool = False) -> None:
@@ -96,27 +78,7 @@ def expect(status: int, answer: Any, wanted: int, what: str) -> None:
         raise RuntimeError(f"{what}: HTTP {status}: {json.dumps(answer)}")
 
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP arrived: the demo stops and cleans up. A
-    ``KeyboardInterrupt``, so no ``except Exception`` on the way swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # Only the first signal counts: a second one (a double Ctrl-C, a hang-up right after
-    # a SIGTERM) must not break into the cleanup below.
-    for sig in _SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
-def demo(stack: ExitStack) -> None:
+def demo(stack: ExitStack) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="broker-demo-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
     api_secret = secrets.token_urlsafe(32)
@@ -231,57 +193,8 @@ def demo(stack: ExitStack) -> None:
         f"--data-urlencode 'query={json.dumps(QUERY)}'   # repeat while Continue wait",
         {"data": result["data"]},
     )
-
-
-def main() -> int:
-    """Run the demo; whatever happens, stop what it started. The cleanup writes nothing
-    and runs with the signals ignored, so neither a closed pipe, a hung-up terminal nor a
-    second Ctrl-C can leave PostgreSQL, Cube, the broker or a temporary folder behind."""
-    # Python ignores SIGPIPE already (a write to a closed pipe raises BrokenPipeError,
-    # which say() turns into OutputGone); said here because the cleanup relies on it.
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    for sig in _SIGNALS:
-        signal.signal(sig, _interrupt)  # SIGTERM and SIGHUP end the demo like Ctrl-C
-    stack = ExitStack()
-    status, note = 0, "done."
-    try:
-        try:
-            demo(stack)
-        finally:
-            for sig in _SIGNALS:
-                signal.signal(sig, signal.SIG_IGN)
-            stack.close()
-    except OutputGone:
-        status, note = 0, ""  # nobody reads any more: stopping is the right answer
-        _discard(sys.stdout)
-    except Interrupted as signal_:
-        status, note = 128 + signal_.signum, f"interrupted ({signal_})"
-    except RuntimeError as error:
-        status, note = 1, f"demo failed: {error}"
-    if note:
-        _tell(note, sys.stdout if status == 0 else sys.stderr)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except OSError:
-            _discard(stream)
-    return status
-
-
-def _tell(message: str, stream: TextIO) -> None:
-    """The last word, if anyone still reads ``stream``."""
-    try:
-        print(f"\n{message}", file=stream, flush=True)
-    except OSError:
-        _discard(stream)
-
-
-def _discard(stream: TextIO) -> None:
-    """Point ``stream`` at /dev/null, so the interpreter's flush at exit does not fail on
-    what is still buffered (Python's recipe for a closed pipe)."""
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return "done."
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_in_foreground(demo, name="demo"))

@@ -6,6 +6,6 @@
 # installs what is missing: PostgreSQL, Node.js and npm; install-cube.sh fetches Cube).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WITH_TEST_SERVICES=1 bash scripts/setup.sh
+WITH_LOCAL_STACK=1 bash scripts/setup.sh
 bash scripts/install-cube.sh >/dev/null
 exec .venv/bin/python scripts/demo.py "$@"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the broker and its tests need on a fresh Debian machine, idempotently:
 # Debian packages that are missing (when root), then a virtualenv in .venv with the
-# package and its test extras. Re-running it is cheap: pip runs only when pyproject.toml
+# package and its test extras. WITH_LOCAL_STACK=1 adds PostgreSQL, Node.js and npm (for
+# scripts/run.sh and make demo); WITH_TEST_SERVICES=1 those and redis-server (and
+# kubectl, for the tests). Re-running it is cheap: pip runs only when pyproject.toml
 # changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,15 +29,18 @@ if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   # nginx in front of Cube with deploy/nginx, the broker deciding (Debian keeps it in
   # /usr/sbin, which a non-root PATH may lack).
   have nginx || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
-  # The end-to-end tests: a private PostgreSQL cluster (Debian keeps initdb off PATH) and
-  # the real Cube server, which scripts/install-cube.sh fetches with npm.
-  have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
-  have node || need_apt+=(nodejs)
-  have npm || need_apt+=(npm)
   # promtool checks and unit-tests the monitoring component's alerts (tests/test_monitoring.py).
   # Debian ships it only in the full prometheus package (about 19 MB); in a container its
   # service is not started, on a machine with systemd `systemctl disable --now prometheus`.
   have promtool || [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
+fi
+if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_LOCAL_STACK:-0}" = 1 ]; then
+  # The end-to-end tests, make demo and scripts/run.sh: a private PostgreSQL cluster
+  # (Debian keeps initdb off PATH) and the real Cube server, which
+  # scripts/install-cube.sh fetches with npm.
+  have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+  have node || need_apt+=(nodejs)
+  have npm || need_apt+=(npm)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -22,7 +22,7 @@ from broker.keys.cache import KeyCache
 from broker.keys.validation import validate_create
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
-from tests.harness import DATA
+from tests.harness import DATA, REPO
 from tests.harness.cli import cli, cli_env
 from tests.harness.keys import create_key_at
 from tests.harness.ports import free_port
@@ -47,6 +47,25 @@ def test_check_config_ok(env: dict[str, str]) -> None:
     result = cli(env, "check-config")
     assert result.returncode == 0, result.stderr
     assert "store sqlite answers" in result.stdout
+
+
+def test_check_config_warns_about_an_unset_password_variable(env: dict[str, str]) -> None:
+    """The shipped registry's data source reads ``${ORDERS_DB_PASSWORD}`` when Cube asks:
+    unset, check-config still passes (the status is unchanged) but says so on stderr."""
+    env = {**env, "BROKER_MODELS": str(REPO / "config" / "models.yaml")}
+    result = cli(env, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    [line] = result.stderr.splitlines()
+    assert line == (
+        "cube-broker: warning: model 'orders': data source 'default': "
+        "environment variable ORDERS_DB_PASSWORD is not set"
+    )
+
+    result = cli({**env, "ORDERS_DB_PASSWORD": "s3cr3t"}, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "s3cr3t" not in result.stdout
 
 
 def test_check_config_pings_redis(env: dict[str, str], redis_url: str) -> None:

@@ -58,8 +58,10 @@ def source(model: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- valid registries
 
 
-@pytest.mark.parametrize("relpath", ["config/models.yaml", "tests/data/models.yaml"])
-def test_shipped_registries_load(relpath: str) -> None:
+@pytest.mark.parametrize(
+    ("relpath", "port"), [("config/models.yaml", 5433), ("tests/data/models.yaml", 5432)]
+)
+def test_shipped_registries_load(relpath: str, port: int) -> None:
     registry = load_registry(REPO / relpath)
 
     orders = registry.get("orders")
@@ -72,7 +74,7 @@ def test_shipped_registries_load(relpath: str) -> None:
     )
     assert orders.schema_hash == expected
     default = orders.data_sources["default"]
-    assert (default.type, default.host, default.port) == ("postgres", "127.0.0.1", 5432)
+    assert (default.type, default.host, default.port) == ("postgres", "127.0.0.1", port)
     assert (default.database, default.user) == ("shop", "analytics")
 
 
@@ -484,3 +486,36 @@ def test_password_file_is_reread_after_it_changes(tmp_path: Path) -> None:
     assert str(secret) in str(info.value)
     assert "'orders'" in str(info.value)
     assert "s3cr3t" not in str(info.value)
+
+
+def test_unresolved_credentials_name_each_unset_variable_and_missing_file(
+    tmp_path: Path,
+) -> None:
+    """What ``check-config`` warns about: every reference ``resolve`` would fail on now."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "password").write_text("s3cr3t-file\n")
+    model = copy.deepcopy(BASE_MODEL)
+    model["data_sources"] = {
+        "default": {**source(BASE_MODEL), "password": "${A}-${B}-${A}"},
+        "literal": {**source(BASE_MODEL), "password": "s3cr3t-literal"},
+        "filed": {**{k: v for k, v in source(BASE_MODEL).items() if k != "password"},
+                  "password_file": "secrets/password"},
+    }  # fmt: skip
+    registry = load_registry(write_registry(tmp_path, [model]))
+    default = registry.models["orders"].data_sources["default"]
+
+    assert default.variables == ("A", "B")
+    assert registry.unresolved_credentials({"A": "1", "B": "2"}) == []
+    assert registry.unresolved_credentials({"B": "s3cr3t-b"}) == [
+        "model 'orders': data source 'default': environment variable A is not set"
+    ]
+    (tmp_path / "secrets" / "password").unlink()
+    problems = registry.unresolved_credentials({})
+    assert problems[:2] == [
+        "model 'orders': data source 'default': environment variable A is not set",
+        "model 'orders': data source 'default': environment variable B is not set",
+    ]
+    [filed] = problems[2:]
+    assert filed.startswith("model 'orders': data source 'filed': password_file ")
+    assert str(tmp_path / "secrets" / "password") in filed
+    assert "s3cr3t" not in " ".join(problems)

@@ -61,8 +61,33 @@ class DataSource:
         config.update(self.options)
         return config
 
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The environment variables that ``password`` names (``${NAME}``), each once, in
+        order of appearance; empty for a literal password or a ``password_file``."""
+        return tuple(dict.fromkeys(REFERENCE_RE.findall(self.password or "")))
+
+    def unresolved(self, environ: Mapping[str, str]) -> list[str]:
+        """Why :meth:`resolve` would fail now, in the words of :class:`CredentialError`:
+        one message per variable of :attr:`variables` unset in ``environ``, or the
+        ``password_file`` that cannot be read; empty when the password resolves."""
+        if self.password_file is None:
+            return [self._unset(name) for name in self.variables if name not in environ]
+        try:
+            self._password(environ)
+        except CredentialError as exc:
+            return [str(exc)]
+        return []
+
+    @property
+    def _where(self) -> str:
+        return f"model {self.asset_id!r}: data source {self.name!r}"
+
+    def _unset(self, name: str) -> str:
+        return f"{self._where}: environment variable {name} is not set"
+
     def _password(self, environ: Mapping[str, str]) -> str:
-        where = f"model {self.asset_id!r}: data source {self.name!r}"
+        where = self._where
         if self.password_file is not None:
             try:
                 raw = self.password_file.read_bytes()
@@ -81,7 +106,7 @@ class DataSource:
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in environ:
-                raise CredentialError(f"{where}: environment variable {name} is not set")
+                raise CredentialError(self._unset(name))
             return environ[name]
 
         return REFERENCE_RE.sub(substitute, template)

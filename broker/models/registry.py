@@ -82,6 +82,17 @@ class Registry:
             raise NotFound("No semantic model with this asset ID.")
         return model
 
+    def unresolved_credentials(self, environ: Mapping[str, str]) -> list[str]:
+        """Every data source's :meth:`DataSource.unresolved` in ``environ``, in file order:
+        one message per unset password variable or unreadable ``password_file``, naming
+        the model, the data source and the variable or file (never a value)."""
+        return [
+            problem
+            for model in self
+            for source in model.data_sources.values()
+            for problem in source.unresolved(environ)
+        ]
+
     def __iter__(self) -> Iterator[SemanticModel]:
         return iter(self.models.values())
 

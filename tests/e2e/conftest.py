@@ -86,6 +86,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture
+def private_tmp() -> Iterator[Path]:
+    """A folder of the test's own for a script's temporary or kept state. Under /tmp, not
+    pytest's tmp_path (mode 700): as root the script's PostgreSQL runs as the postgres
+    user, who must reach its data folder."""
+    folder = Path(tempfile.mkdtemp(prefix="broker-script-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def e2e_workdir() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="broker-e2e-"))

@@ -10,33 +10,20 @@ command line, working folder or environment)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
 
+from tests.harness.process import processes_mentioning, read_until
+
 REPO = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def private_tmp() -> Iterator[Path]:
-    # Under /tmp, not pytest's tmp_path (mode 700): as root the demo's PostgreSQL runs as
-    # the postgres user, who must reach its data folder.
-    folder = Path(tempfile.mkdtemp(prefix="broker-demo-test-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_demo(tmp: Path, stderr: IO[bytes] | int) -> subprocess.Popen[bytes]:
@@ -48,37 +35,6 @@ def start_demo(tmp: Path, stderr: IO[bytes] | int) -> subprocess.Popen[bytes]:
         stderr=stderr,
         cwd=REPO,
     )
-
-
-def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> list[bytes]:
-    assert proc.stdout is not None
-    lines: list[bytes] = []
-    while True:
-        line = proc.stdout.readline()
-        assert line, f"the demo ended before {marker!r}: {b''.join(lines)[-2000:]!r}"
-        lines.append(line)
-        if marker in line:
-            return lines
-
-
-def processes_mentioning(folder: Path) -> list[str]:
-    """``pid: command line`` of every live process whose command line, working folder or
-    environment names ``folder``."""
-    needle = str(folder).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            cwd = os.readlink(entry / "cwd").encode()
-        except OSError:  # gone meanwhile, or a zombie
-            continue
-        if needle in cmdline or needle in environ or needle in cwd:
-            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
-    return found
 
 
 def assert_nothing_left(tmp: Path) -> None:

@@ -27,21 +27,42 @@ def start_broker(env: Mapping[str, str], workdir: Path, *, timeout: float = 30.0
     """``python -m broker serve`` on free ports with ``env`` on top of a clean copy of
     this process's environment (no ``BROKER_*``, ``CUBEJS_*`` or ``ATHENA_*`` leak in);
     returns once ``/readyz`` answers 200. ``workdir`` (its cwd and log folder) stays."""
-    port, admin_port, internal_port = free_port(), free_port(), free_port()
+    ports = {
+        "BROKER_PORT": free_port(),
+        "BROKER_ADMIN_PORT": free_port(),
+        "BROKER_INTERNAL_PORT": free_port(),
+    }
     full_env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("BROKER_", "CUBEJS_", "ATHENA_"))
     }
     full_env.update(env)
-    full_env.update(
-        {
-            "BROKER_HOST": "127.0.0.1",
-            "BROKER_PORT": str(port),
-            "BROKER_ADMIN_PORT": str(admin_port),
-            "BROKER_INTERNAL_PORT": str(internal_port),
-        }
+    full_env.update({"BROKER_HOST": "127.0.0.1", **{k: str(v) for k, v in ports.items()}})
+    return launch_broker(
+        full_env,
+        workdir,
+        port=ports["BROKER_PORT"],
+        admin_port=ports["BROKER_ADMIN_PORT"],
+        internal_port=ports["BROKER_INTERNAL_PORT"],
+        timeout=timeout,
     )
+
+
+def launch_broker(
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    port: int,
+    admin_port: int,
+    internal_port: int,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> BrokerProcess:
+    """``python -m broker serve`` with exactly ``env`` (whose listeners must be the three
+    ports given), in ``cwd`` (default ``workdir``), its log ``workdir/broker.log``; returns
+    once ``/readyz`` answers 200 on 127.0.0.1. ``workdir`` stays."""
+    full_env = dict(env)
     # This checkout's broker, whether or not (or whatever version) .venv has installed.
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     broker = BrokerProcess(
@@ -51,6 +72,7 @@ def start_broker(env: Mapping[str, str], workdir: Path, *, timeout: float = 30.0
         workdir=workdir,
         port=port,
         owns_workdir=False,
+        cwd=cwd,
         admin_port=admin_port,
         internal_port=internal_port,
     )

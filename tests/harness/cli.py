@@ -14,8 +14,9 @@ from tests.harness.settings import ADMIN_KEY, API_SECRET, CALLBACK_SECRET
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """A complete environment for the CLI: a SQLite store under ``tmp_path`` (not created
-    yet), the test registry, free ports for the admin and internal listeners (a test that
-    serves picks the public one); this checkout's ``broker`` whatever the working folder."""
+    yet), the test registry and its data source's password, free ports for the admin and
+    internal listeners (a test that serves picks the public one); this checkout's
+    ``broker`` whatever the working folder."""
     return {
         "BROKER_ADMIN_PORT": str(free_port()),
         "BROKER_INTERNAL_PORT": str(free_port()),
@@ -26,6 +27,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         "ATHENA_KEY_12": ADMIN_KEY,
         "BROKER_STORE": f"sqlite:///{tmp_path}/db/broker.db",
         "BROKER_MODELS": str(DATA / "models.yaml"),
+        "TEST_ORDERS_PASSWORD": "test-orders-password",
     }
 
 

@@ -76,19 +76,28 @@ def start_cube(
     port: int | None = None,
     refresh_interval: int | None = None,
     timeout: float = CUBE_START_TIMEOUT,
+    workdir: Path | None = None,
 ) -> HTTPProcess:
     """The real Cube server (``cubejs-server``, as in Cube's Docker image) with
-    ``deploy/cube/cube.js`` in a temporary working folder; returns once ``/livez`` answers.
+    ``deploy/cube/cube.js`` in a working folder, listening on ``127.0.0.1:port`` only
+    (``cube_loopback.js``); returns once ``/livez`` answers.
 
-    The folder gets a copy of ``cube.js`` and a ``node_modules`` link to the install of
-    ``scripts/install-cube.sh``; ``stop()`` removes it.
+    The folder gets a fresh copy of ``cube.js`` and a ``node_modules`` link to the install
+    of ``scripts/install-cube.sh``. Without ``workdir`` it is a temporary folder that
+    ``stop()`` removes; ``workdir`` (created if need be) is kept, its ``cube.log`` appended.
     """
     install = cube_install_dir()
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not on PATH; install it: WITH_TEST_SERVICES=1 scripts/setup.sh")
-    workdir = Path(tempfile.mkdtemp(prefix="broker-cube-"))
+    owns_workdir = workdir is None
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="broker-cube-"))
+    else:
+        workdir = workdir.absolute()  # Cube runs in it, with HOME pointing at it
+        workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "deploy" / "cube" / "cube.js", workdir / "cube.js")
+    (workdir / "node_modules").unlink(missing_ok=True)
     (workdir / "node_modules").symlink_to(install / "node_modules")
     port = port or free_port()
     env = cube_environment(
@@ -101,7 +110,14 @@ def start_cube(
     )
     env["HOME"] = str(workdir)
     server_bin = install / "node_modules" / "@cubejs-backend" / "server" / "bin" / "server"
-    cube = HTTPProcess("cube", [node, str(server_bin)], env=env, workdir=workdir, port=port)
+    cube = HTTPProcess(
+        "cube",
+        [node, "--require", str(Path(__file__).with_name("cube_loopback.js")), str(server_bin)],
+        env=env,
+        workdir=workdir,
+        port=port,
+        owns_workdir=owns_workdir,
+    )
     try:
         cube.wait_until_answers("/livez", timeout)
     except BaseException:

@@ -1,5 +1,6 @@
 """A private PostgreSQL cluster holding ``shop.public.orders``, the table the sample model
-``orders`` reads: on a free port of 127.0.0.1, in a temporary folder removed at stop."""
+``orders`` reads: for the tests on a free port of 127.0.0.1, in a temporary folder removed
+at stop; for ``scripts/run.sh`` on a given port, kept in ``var/postgres`` across runs."""
 
 from __future__ import annotations
 
@@ -57,25 +58,42 @@ def postgres_bin_dir() -> Path:
 
 
 class PostgresServer(Stoppable):
-    """A private PostgreSQL cluster in a temporary folder.
+    """A private PostgreSQL cluster in a folder of its own.
 
     The superuser ``postgres`` connects over the Unix socket in that folder (trust); on
     ``127.0.0.1:port`` the role :attr:`user` logs in with :attr:`password` (SCRAM) to the
     database :attr:`database`, which it owns, holding ``public.orders`` with
     :data:`ORDERS_ROWS`. As root, the cluster runs as the ``postgres`` OS user (initdb
-    refuses root)."""
+    refuses root).
+
+    A throw-away cluster (the default) trades durability for speed and ``stop()`` removes
+    its folder. A kept one (``keep=True``, :func:`start_kept_postgres`) is durable, is
+    created on its first start only (the role's password is set anew on every start, the
+    table made only where it is missing, so rows changed since stay changed), and
+    ``stop()`` shuts it down cleanly and leaves the folder."""
 
     host = "127.0.0.1"
-    database = "shop"
-    user = "analytics"
 
-    def __init__(self, bin_dir: Path, workdir: Path, port: int) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        workdir: Path,
+        port: int,
+        *,
+        password: str | None = None,
+        database: str = "shop",
+        user: str = "analytics",
+        keep: bool = False,
+    ) -> None:
         self.port = port
-        self.password = secrets.token_urlsafe(18)
+        self.password = password or secrets.token_urlsafe(18)
+        self.database = database
+        self.user = user
+        self.workdir = workdir
         self.log_path = workdir / "postgres.log"
         self._bin = bin_dir
-        self._workdir = workdir
         self._data = workdir / "data"
+        self._keep = keep
         self._started = False
 
     def data_source(self) -> dict[str, object]:
@@ -89,19 +107,25 @@ class PostgresServer(Stoppable):
         }
 
     def start(self) -> None:
-        """initdb, start (``pg_ctl -w`` waits until it accepts connections), then create the
-        role, the database and the table. Raises ``RuntimeError`` with the log's tail."""
-        self._owned(
-            "initdb",
-            [
-                *("-D", str(self._data), "-U", "postgres", "--auth-local=trust"),
-                *("--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync"),
-            ],
-        )
-        options = (
-            f"-p {self.port} -k {self._workdir} -c listen_addresses={self.host} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        """initdb unless the cluster exists, start (``pg_ctl -w`` waits until it accepts
+        connections), then create what is missing of the role, the database and the table.
+        Raises ``RuntimeError`` with the log's tail."""
+        fast = () if self._keep else ("--no-sync",)
+        if not (self._data / "PG_VERSION").is_file():
+            self._owned(
+                "initdb",
+                [
+                    *("-D", str(self._data), "-U", "postgres", "--auth-local=trust"),
+                    *("--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", *fast),
+                ],
+            )
+        elif self._owned("pg_ctl", ["-D", str(self._data), "status"], check=False) == 0:
+            # Left running by a run that was killed: ours (it lives in our folder), and it
+            # may listen on another port than the one asked for now.
+            self._owned("pg_ctl", ["-D", str(self._data), "-m", "fast", "-w", "stop"])
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses={self.host}"
+        if not self._keep:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._owned(
             "pg_ctl",
             [
@@ -110,8 +134,21 @@ class PostgresServer(Stoppable):
             ],
         )
         self._started = True
-        self.psql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'", database="postgres")
-        self.psql(f"CREATE DATABASE {self.database} OWNER {self.user}", database="postgres")
+        self._provision()
+
+    def _provision(self) -> None:
+        def exists(sql: str, database: str = "postgres") -> bool:
+            return bool(self.psql(sql, database=database).strip())
+
+        password = self.password.replace("'", "''")
+        role = (
+            "ALTER" if exists(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'") else "CREATE"
+        )
+        self.psql(f"{role} ROLE {self.user} LOGIN PASSWORD '{password}'", database="postgres")
+        if not exists(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"):
+            self.psql(f"CREATE DATABASE {self.database} OWNER {self.user}", database="postgres")
+        if exists("SELECT to_regclass('public.orders')", database=self.database):
+            return
         rows = ", ".join(f"({i}, '{s}', '{t}', {a})" for i, s, t, a in ORDERS_ROWS)
         self.psql(
             "CREATE TABLE public.orders (id integer PRIMARY KEY, status text NOT NULL, "
@@ -125,7 +162,7 @@ class PostgresServer(Stoppable):
         result = subprocess.run(
             [
                 *(str(self._bin / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"),
-                *("-h", str(self._workdir), "-p", str(self.port), "-U", "postgres"),
+                *("-h", str(self.workdir), "-p", str(self.port), "-U", "postgres"),
                 *("-d", database or self.database, "-c", sql),
             ],
             capture_output=True,
@@ -139,19 +176,24 @@ class PostgresServer(Stoppable):
         return result.stdout
 
     def stop(self) -> None:
-        """Stop the cluster at once (``-m immediate``) and remove its folder. Idempotent."""
+        """Stop the cluster: a throw-away one at once (``-m immediate``) and its folder
+        removed, a kept one cleanly (``-m fast``: sessions ended, data flushed) and its
+        folder left. Idempotent."""
         try:
             if self._started:
                 self._started = False
-                self._owned("pg_ctl", ["-D", str(self._data), "-m", "immediate", "-w", "stop"])
+                mode = "fast" if self._keep else "immediate"
+                self._owned("pg_ctl", ["-D", str(self._data), "-m", mode, "-w", "stop"])
         finally:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            if not self._keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _owned(self, program: str, args: Sequence[str]) -> None:
-        """Run a PostgreSQL program as the cluster's owner, in its folder."""
+    def _owned(self, program: str, args: Sequence[str], *, check: bool = True) -> int:
+        """Run a PostgreSQL program as the cluster's owner, in its folder; its exit status
+        (with ``check``, anything but 0 raises ``RuntimeError``)."""
         result = subprocess.run(
             [*_as_postgres(), str(self._bin / program), *args],
-            cwd=self._workdir,
+            cwd=self.workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -159,9 +201,10 @@ class PostgresServer(Stoppable):
             timeout=_PG_TIMEOUT + 10,
             check=False,
         )
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             log = tail(self.log_path)
             raise RuntimeError(f"{program} failed on port {self.port}:\n{result.stdout}\n{log}")
+        return result.returncode
 
 
 def _as_postgres() -> list[str]:
@@ -175,23 +218,64 @@ def _as_postgres() -> list[str]:
 
 
 def start_postgres() -> PostgresServer:
-    """A running private PostgreSQL cluster with ``shop.public.orders`` filled. Three tries,
-    as another process may take the free port before the server binds it."""
+    """A running throw-away PostgreSQL cluster with ``shop.public.orders`` filled, in a
+    temporary folder. Three tries, as another process may take the free port before the
+    server binds it."""
     bin_dir = postgres_bin_dir()
 
     def make() -> PostgresServer:
         workdir = Path(tempfile.mkdtemp(prefix="broker-pg-"))
-        if os.geteuid() == 0:
-            try:
-                owner = pwd.getpwnam("postgres")
-            except KeyError:
-                shutil.rmtree(workdir)
-                raise RuntimeError(
-                    "running as root, PostgreSQL must run as the OS user postgres, which is "
-                    "missing; Debian's postgresql package creates it"
-                ) from None
-            os.chown(workdir, owner.pw_uid, owner.pw_gid)
-        workdir.chmod(0o755)
+        try:
+            _hand_to_postgres(workdir)
+        except RuntimeError:
+            shutil.rmtree(workdir)
+            raise
         return PostgresServer(bin_dir, workdir, free_port())
 
     return start_with_retries(make)
+
+
+def start_kept_postgres(
+    workdir: Path, port: int, *, password: str, database: str, user: str
+) -> PostgresServer:
+    """A running durable cluster kept in ``workdir`` (made on first use, reused after; see
+    :class:`PostgresServer`), on ``127.0.0.1:port``, the role ``user`` logging in with
+    ``password`` to ``database``, which holds ``public.orders``."""
+    workdir = workdir.absolute()  # the PostgreSQL programs run in it
+    workdir.mkdir(parents=True, exist_ok=True)
+    _hand_to_postgres(workdir)
+    bin_dir = postgres_bin_dir()
+    server = PostgresServer(
+        bin_dir, workdir, port, password=password, database=database, user=user, keep=True
+    )
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _hand_to_postgres(workdir: Path) -> None:
+    """As root, give ``workdir`` to the ``postgres`` OS user, who runs the cluster, and
+    check that this user can reach it (a checkout under ``/root``, mode 700, is closed)."""
+    workdir.chmod(0o755)
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        raise RuntimeError(
+            "running as root, PostgreSQL must run as the OS user postgres, which is "
+            "missing; Debian's postgresql package creates it"
+        ) from None
+    os.chown(workdir, owner.pw_uid, owner.pw_gid)
+    reach = subprocess.run(
+        [*_as_postgres(), "test", "-w", str(workdir), "-a", "-x", str(workdir)], check=False
+    )
+    if reach.returncode != 0:
+        raise RuntimeError(
+            f"the postgres user, who runs PostgreSQL, cannot reach {workdir}: a folder above "
+            "it is closed to other users (as /root is); open it (chmod o+x) or keep the "
+            "cluster elsewhere"
+        )

@@ -17,7 +17,8 @@ from tests.harness.ports import Stoppable
 
 class HTTPProcess(Stoppable):
     """A server process in its own session (so ``stop`` ends its children too), its output
-    in :attr:`log_path`, listening on ``127.0.0.1:port``."""
+    in :attr:`log_path` (appended to: ``workdir/{name}.log``), listening on
+    ``127.0.0.1:port``; it runs in ``cwd``, by default ``workdir``."""
 
     def __init__(
         self,
@@ -28,6 +29,7 @@ class HTTPProcess(Stoppable):
         workdir: Path,
         port: int,
         owns_workdir: bool = True,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.port = port
@@ -39,7 +41,7 @@ class HTTPProcess(Stoppable):
         with self.log_path.open("ab") as log:
             self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
                 list(argv),
-                cwd=workdir,
+                cwd=cwd or workdir,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -51,6 +53,11 @@ class HTTPProcess(Stoppable):
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
+
+    def exit_status(self) -> int | None:
+        """The process's exit status once it has ended by itself, else ``None`` (also
+        after :meth:`stop`)."""
+        return None if self._process is None else self._process.poll()
 
     def log_tail(self, size: int = 4000) -> str:
         return tail(self.log_path, size)
@@ -96,3 +103,37 @@ def tail(path: Path, size: int = 4000) -> str:
         return path.read_bytes()[-size:].decode("utf-8", "replace")
     except OSError:
         return f"({path} unreadable)"
+
+
+def processes_mentioning(folder: Path) -> list[str]:
+    """``pid: command line`` of every live process whose command line, working folder or
+    environment names ``folder``: what a run that keeps everything under ``folder`` left
+    behind."""
+    needle = str(folder).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            cwd = os.readlink(entry / "cwd").encode()
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+        if needle in cmdline or needle in environ or needle in cwd:
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> list[bytes]:
+    """The lines ``proc`` writes to its stdout pipe, up to the first holding ``marker``;
+    fails when its output ends first."""
+    assert proc.stdout is not None
+    lines: list[bytes] = []
+    while True:
+        line = proc.stdout.readline()
+        assert line, f"the output ended before {marker!r}: {b''.join(lines)[-3000:]!r}"
+        lines.append(line)
+        if marker in line:
+            return lines
