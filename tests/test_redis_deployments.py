@@ -1,0 +1,185 @@
+"""The broker on the Redis that replicated deployments run (SPEC §2, §9): two replicas on
+a real Cluster, an acknowledged key surviving the SIGKILL of a Sentinel master, TLS with a
+client certificate, and the password read from a file at every reconnect.
+
+The store contract itself runs on Cluster and Sentinel in ``tests/test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.app import create_app
+from broker.errors import StoreUnavailable
+from broker.keys.cache import KeyCache
+from broker.keys.verify import KeyVerifier
+from broker.store import open_store
+from broker.store.redis_connect import RedisOptions
+from tests.harness.keys import add_key, create_key
+from tests.harness.redis import start_redis
+from tests.harness.redis_cluster import ClusterServers
+from tests.harness.redis_sentinel import start_redis_sentinel
+from tests.harness.redis_tls import TlsFiles, make_tls_material, start_tls_redis
+from tests.harness.settings import make_settings
+from tests.harness.waiting import wait_until
+from tests.helpers import ADMIN, TOKEN_PATH, AiohttpClient, Client, from_ip
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def replicas_on(aiohttp_client: AiohttpClient, url: str, n: int = 2) -> list[Client]:
+    settings = make_settings(BROKER_STORE=url)
+    return [await aiohttp_client(create_app(settings)) for _ in range(n)]
+
+
+async def test_two_replicas_share_a_redis_cluster(
+    aiohttp_client: AiohttpClient, redis_cluster: ClusterServers
+) -> None:
+    redis_cluster.flushall()
+    a, b = await replicas_on(aiohttp_client, redis_cluster.url)
+    key, record = await create_key(a, rate_limit_per_minute=5)
+    # one token for one key and model, whichever replica is asked
+    answers = await asyncio.gather(
+        *(c.post(TOKEN_PATH, headers={"X-API-KEY": key}) for c in [a, b] * 2)
+    )
+    assert {a.status for a in answers} == {200}
+    tokens = {(await r.json())["token"] for r in answers}
+    assert len(tokens) == 1
+    # the rate limit counts across replicas: 5 a minute, 4 used above
+    more = [await c.post(TOKEN_PATH, headers={"X-API-KEY": key}) for c in (a, b)]
+    assert [r.status for r in more] == [200, 429]
+    # virgin-mode cap exact under concurrency from several addresses
+    virgin, _ = await create_key(a, virgin_mode=True, max_whitelist_ips=2)
+
+    async def from_address(c: Client, ip: str) -> int:
+        async with (
+            from_ip(ip) as s,
+            s.post(c.make_url(TOKEN_PATH), headers={"X-API-KEY": virgin}) as r,
+        ):
+            return r.status
+
+    statuses = await asyncio.gather(
+        *(from_address((a, b)[n % 2], f"127.0.0.{n + 2}") for n in range(6))
+    )
+    assert sorted(statuses) == [200, 200, 403, 403, 403, 403]
+    # a revoke on one replica reaches the other within a second
+    assert (await a.delete(f"/admin/api-keys/{record['id']}", headers=ADMIN)).status == 204
+    started = time.monotonic()
+    while (await b.post(TOKEN_PATH, headers={"X-API-KEY": key})).status != 401:
+        assert time.monotonic() - started < 1.0, "the revoke did not reach the other replica"
+        await asyncio.sleep(0.02)
+    # the per-request keys spread over the shards; the records share one
+    spread = redis_cluster.keys_per_node("broker:*")
+    assert sum(1 for n in spread.values() if n) > 1, spread
+    records = redis_cluster.keys_per_node("broker:{k}:*")
+    assert sum(1 for n in records.values() if n) == 1, records
+
+
+def test_an_acknowledged_key_survives_the_sigkill_of_its_sentinel_master(tmp_path: Path) -> None:
+    # two replicas: once one is promoted the other still acknowledges writes (WAIT 1); with
+    # one, the new master has none and every write is rightly store_unavailable
+    with start_redis_sentinel(replicas=2) as deployment:
+
+        async def scenario() -> float:
+            store = open_store(deployment.url)
+            try:
+                made = [await add_key(store, name=f"k{n}") for n in range(20)]
+                old = deployment.kill_master()  # at once: no time for anything but WAIT
+                failover = await asyncio.to_thread(deployment.wait_for_failover, old, 30)
+                print(f"\nsentinel failover: the new master after {failover:.2f} s")
+                verifier = KeyVerifier(KeyCache(store))
+                started = time.monotonic()
+                while True:
+                    try:
+                        await add_key(store, name="after")
+                        break
+                    except StoreUnavailable:
+                        assert time.monotonic() - started < 15, "no writes 15 s after promotion"
+                        await asyncio.sleep(0.1)
+                writes_again = time.monotonic() - started
+                print(f"writes again {writes_again:.2f} s after the promotion was seen")
+                for plaintext, _ in made:
+                    assert (await verifier.authenticate(plaintext)).name.startswith("k")
+                return writes_again
+            finally:
+                await store.close()
+
+        assert asyncio.run(scenario()) < 15
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TlsFiles:
+    return make_tls_material(tmp_path / "tls")
+
+
+async def test_tls_with_a_client_certificate_and_a_ca(tls_files: TlsFiles) -> None:
+    options = RedisOptions(
+        tls_ca_file=tls_files.ca_cert,
+        tls_cert_file=tls_files.client_cert,
+        tls_key_file=tls_files.client_key,
+    )
+    with start_tls_redis(tls_files) as server:
+        store = open_store(server.url, redis_options=options)
+        try:
+            _, record = await add_key(store)
+            assert (await store.find_key(record.public_id)) == record
+        finally:
+            await store.close()
+        # without the client certificate the server refuses
+        bare = open_store(server.url, redis_options=RedisOptions(tls_ca_file=tls_files.ca_cert))
+        try:
+            with pytest.raises(StoreUnavailable):
+                await bare.ping()
+        finally:
+            await bare.close()
+    with start_tls_redis(tls_files, rogue=True) as rogue:  # a CA that signed nothing of it
+        store = open_store(rogue.url, redis_options=options)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.ping()
+        finally:
+            await store.close()
+
+
+async def test_the_password_file_is_read_at_every_reconnect(tmp_path: Path) -> None:
+    with start_redis(password="first-password-0123") as server:
+        secret = tmp_path / "redis-password"
+        secret.write_text("first-password-0123\n")
+        url = server.url_for(username="broker", password=None)
+        server.set_user("broker", "first-password-0123")
+        store = open_store(url, redis_options=RedisOptions(password_file=secret))
+        try:
+            await store.ping()
+            server.set_user("broker", "second-password-4567")  # rotated in Redis …
+            secret.write_text("second-password-4567\n")  # … and in the mounted Secret
+            server.drop_clients()
+
+            async def answers() -> bool:
+                try:
+                    await store.ping()
+                except StoreUnavailable:
+                    return False
+                return True
+
+            await wait_until(answers, within=5)
+            _, record = await add_key(store)
+            assert await store.get_key(record.id) == record
+        finally:
+            await store.close()
+
+
+def test_no_password_reaches_an_error_or_a_log(caplog: pytest.LogCaptureFixture) -> None:
+    from broker.errors import ConfigError
+    from broker.settings import Settings
+
+    with pytest.raises(ConfigError) as refused:
+        Settings.load({**_base(), "BROKER_STORE": "redis+sentinel://:hunter2-secret@h1:1"})
+    assert "hunter2-secret" not in str(refused.value)
+
+
+def _base() -> dict[str, str]:
+    return {"CUBEJS_API_SECRET": "s" * 40, "BROKER_CALLBACK_SECRET": "c" * 20}
