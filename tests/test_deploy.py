@@ -36,6 +36,7 @@ from broker.http.listeners import ADMIN, INTERNAL, PUBLIC, serves
 from broker.models import load_registry
 from broker.settings import Settings
 from broker.store import open_store
+from broker.store.redis_connect import parse_redis_url
 from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
 
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 ADMIN_SERVICE = K8S / "components" / "admin-service"
+REDIS_SENTINEL = K8S / "components" / "redis-sentinel"
 NAMESPACE = "cube-broker"
 
 Manifest = dict[str, Any]
@@ -100,6 +102,43 @@ def render(folder: Path) -> list[Manifest]:
 @pytest.fixture(scope="module")
 def rendered() -> list[Manifest]:
     return render(K8S)
+
+
+def render_with(component: Path, overlay: Path) -> list[Manifest]:
+    """The base with ``component``, through an overlay in ``overlay`` as the components'
+    comments show (kustomize wants relative paths)."""
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": NAMESPACE,
+                "resources": [os.path.relpath(K8S, overlay)],
+                "components": [os.path.relpath(component, overlay)],
+            }
+        )
+    )
+    return render(overlay)
+
+
+def test_the_redis_sentinel_component_moves_the_store_to_sentinels(
+    tmp_path: Path, rendered: list[Manifest]
+) -> None:
+    objects = render_with(REDIS_SENTINEL, tmp_path)
+    assert not [o for o in objects if o["metadata"]["name"] == "redis"]  # the base's Redis
+    assert [o for o in rendered if o["metadata"]["name"] == "redis"]
+    broker = pod_of(objects)
+    env = env_of(broker.broker)
+    target = parse_redis_url(env["BROKER_STORE"]["value"])
+    assert target.kind == "sentinel" and target.password is None and len(target.nodes) == 3
+    mount = env["BROKER_STORE_PASSWORD_FILE"]["value"]
+    mounted = {m["name"]: m["mountPath"] for m in broker.broker["volumeMounts"]}
+    assert mount == f"{mounted['redis-password']}/password"
+    (volume,) = [v for v in broker.spec["volumes"] if v["name"] == "redis-password"]
+    secret = find(objects, "Secret")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]  # the hashed name
+    assert volume["secret"]["items"] == [{"key": "REDIS_PASSWORD", "path": "password"}]
+    assert "REDIS_PASSWORD" in secret.get("data", {}) | secret.get("stringData", {})
 
 
 @pytest.fixture(scope="module")
