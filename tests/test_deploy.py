@@ -145,19 +145,7 @@ def test_the_redis_sentinel_component_moves_the_store_to_sentinels(
 def rendered_with_admin_service(tmp_path_factory: pytest.TempPathFactory) -> list[Manifest]:
     """The base with components/admin-service, through an overlay as its comment shows
     (kustomize wants relative paths)."""
-    overlay = tmp_path_factory.mktemp("overlay")
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "namespace": NAMESPACE,
-                "resources": [os.path.relpath(K8S, overlay)],
-                "components": [os.path.relpath(ADMIN_SERVICE, overlay)],
-            }
-        )
-    )
-    return render(overlay)
+    return render_with(ADMIN_SERVICE, tmp_path_factory.mktemp("overlay"))
 
 
 def find(objects: list[Manifest], kind: str, name: str | None = None) -> Manifest:

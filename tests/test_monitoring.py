@@ -36,7 +36,7 @@ from tests.test_deploy import (
     env_of,
     env_value,
     find,
-    kustomize_command,
+    render,
     selects,
 )
 
@@ -64,16 +64,7 @@ REQUIRED_PANELS = {
 
 @pytest.fixture(scope="module")
 def rendered() -> list[Manifest]:
-    done = subprocess.run(
-        [*kustomize_command(), str(OVERLAY)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
+    return render(OVERLAY)
 
 
 @pytest.fixture(scope="module")
