@@ -22,6 +22,7 @@ from broker.state import (
     KEY_PUBLIC_ID,
     KEY_VERIFIER,
     MODEL_ID,
+    RATE_LIMIT,
     REGISTRY,
     REQUEST_ID,
     SETTINGS,
@@ -37,13 +38,15 @@ async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord,
     models exist (401 before 404).
     """
     asset_id = request.match_info["asset_id"]
-    record = await request.app[KEY_VERIFIER].authorize(
+    permit = await request.app[KEY_VERIFIER].authorize(
         key_credential(request.headers), right, asset_id, request[CLIENT_IP]
     )
-    request[KEY_PUBLIC_ID] = record.public_id
+    request[KEY_PUBLIC_ID] = permit.record.public_id
+    if permit.rate_limit is not None:
+        request[RATE_LIMIT] = permit.rate_limit
     model = request.app[REGISTRY].current.require(asset_id)
     request[MODEL_ID] = model.asset_id
-    return record, model
+    return permit.record, model
 
 
 async def generate_token(request: web.Request) -> web.Response:

@@ -41,6 +41,7 @@ from broker.state import (
     LISTENERS,
     METRICS,
     MODEL_ID,
+    RATE_LIMIT,
     REQUEST_ID,
     SETTINGS,
     TOKEN_VERIFIER,
@@ -182,6 +183,8 @@ def map_error(request: web.Request, exc: Exception) -> web.Response:
     counted here, once.
     """
     if isinstance(exc, BrokerError):
+        if exc.rate_limit is not None:
+            request[RATE_LIMIT] = exc.rate_limit
         metrics = request.app[METRICS]
         if isinstance(exc, Unauthorized):
             metrics.auth_failures.labels(exc.reason).inc()
