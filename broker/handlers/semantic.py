@@ -29,6 +29,7 @@ from broker.state import (
     TOKENS,
 )
 from broker.support.timeutil import to_iso
+from broker.support.tracing import trace_headers
 
 
 async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord, SemanticModel]:
@@ -77,6 +78,7 @@ async def metadata(request: web.Request) -> web.Response:
         request[REQUEST_ID],
         request.app[SETTINGS].upstream_timeout,
         model=model.asset_id,
+        trace=trace_headers(request.headers),
     )
     if answer.status != 200:
         return web.Response(
@@ -113,6 +115,7 @@ async def query(request: web.Request) -> web.StreamResponse:
         request[REQUEST_ID],
         request.app[SETTINGS].query_timeout,
         model=model.asset_id,
+        trace=trace_headers(request.headers),
     ) as (upstream, head):
         return await cube.relay(
             request, upstream, content_headers(upstream.headers), request[REQUEST_ID], head
