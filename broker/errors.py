@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.store.base import RateLimitState
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,9 @@ class BrokerError(Exception):
     default_message: str = "Internal server error."
     #: The request's body was left unread: its connection cannot carry another request.
     closes_connection: bool = False
+    #: The rate limit of the key behind the refused request, when it was counted before
+    #: the refusal: the answer still carries SPEC §4's ``RateLimit-*`` headers.
+    rate_limit: RateLimitState | None = None
 
     def __init__(self, message: str | None = None, *, headers: Mapping[str, str] | None = None):
         self.message = message or self.default_message
@@ -132,15 +139,24 @@ class RateLimitCause(StrEnum):
 
 
 class RateLimited(BrokerError):
-    """A 429 with ``Retry-After`` (whole seconds, at least 1); ``cause`` is for metrics."""
+    """A 429 with ``Retry-After`` (whole seconds, at least 1); ``cause`` is for metrics,
+    ``rate_limit`` the key's limit when that is what refused."""
 
     status, code, default_message = 429, "rate_limited", "Too many requests."
 
-    def __init__(self, retry_after: float, cause: RateLimitCause, message: str | None = None):
+    def __init__(
+        self,
+        retry_after: float,
+        cause: RateLimitCause,
+        message: str | None = None,
+        *,
+        rate_limit: RateLimitState | None = None,
+    ):
         seconds = max(1, int(-(-retry_after // 1)))
         super().__init__(message, headers={"Retry-After": str(seconds)})
         self.retry_after = seconds
         self.cause = cause
+        self.rate_limit = rate_limit
 
 
 class ClientClosedRequest(BrokerError):

@@ -17,7 +17,7 @@ from broker.keys.usage import UsageRecorder
 from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
 from broker.settings import Settings
-from broker.store import Store
+from broker.store import RateLimitState, Store
 from broker.support.metrics import Metrics
 from broker.tokens.issue import TokenService
 from broker.tokens.verify import TokenVerifier
@@ -49,3 +49,6 @@ LISTENER = web.RequestKey("listener", str)
 KEY_PUBLIC_ID = web.RequestKey("key_public_id", str)
 #: Asset ID of the semantic model the request is about, for the access log.
 MODEL_ID = web.RequestKey("model_id", str)
+#: The rate limit of the key behind the request after counting it, for SPEC §4's
+#: ``RateLimit-*`` answer headers (absent for a key without a limit).
+RATE_LIMIT = web.RequestKey("rate_limit", RateLimitState)

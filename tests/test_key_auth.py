@@ -34,7 +34,7 @@ async def reason(coro: Awaitable[Any]) -> str:
 
 async def test_valid_key(store: Store, verifier: KeyVerifier) -> None:
     key, record = await add_key(store, rights=[TOKEN_CREATE])
-    assert (await verifier.authorize(key, TOKEN_CREATE, "sales")).id == record.id
+    assert (await verifier.authorize(key, TOKEN_CREATE, "sales")).record.id == record.id
 
 
 @pytest.mark.parametrize(

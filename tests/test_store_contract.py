@@ -521,41 +521,74 @@ async def test_redis_outage_is_unavailable_then_recovers(private_redis: RedisSer
 # -- limits ------------------------------------------------------------------------------
 
 
+async def _wait(
+    store: Store, bucket: str, limit: int, period: float, mark: str | None = None
+) -> float:
+    return (await store.hit_rate_limit(bucket, limit, period, mark)).wait
+
+
 async def test_rate_limit_allows_a_burst_then_refuses(store: Store) -> None:
-    waits = [await store.hit_rate_limit("k1", 3, 60) for _ in range(4)]
+    waits = [await _wait(store, "k1", 3, 60) for _ in range(4)]
     assert waits[:3] == [0.0, 0.0, 0.0]
     assert 15 < waits[3] <= 20.5  # one request per 20 s after the burst
-    assert await store.hit_rate_limit("k2", 3, 60) == 0.0  # buckets are separate
+    assert await _wait(store, "k2", 3, 60) == 0.0  # buckets are separate
 
 
 async def test_rate_limit_is_atomic_across_instances(store_url: str) -> None:
     a, b = open_store(store_url), open_store(store_url)
     try:
-        waits = await asyncio.gather(*(s.hit_rate_limit("shared", 5, 60) for s in [a, b] * 10))
-        assert sum(1 for w in waits if w == 0.0) == 5
+        states = await asyncio.gather(*(s.hit_rate_limit("shared", 5, 60) for s in [a, b] * 10))
+        assert sum(1 for state in states if state.allowed) == 5
+        assert sorted(s.remaining for s in states if s.allowed) == [0, 1, 2, 3, 4]
     finally:
         await a.close()
         await b.close()
 
 
 async def test_rate_limit_frees_marked_requests(store: Store) -> None:
-    assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-1") == 0.0
-    assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-1") > 0
+    assert await _wait(store, "k", 1, 60, "poll-1") == 0.0
+    assert await _wait(store, "k", 1, 60, "poll-1") > 0
     await store.mark("k", "poll-1", 5)
     for _ in range(3):
-        assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-1") == 0.0
-    assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-2") > 0
+        assert await _wait(store, "k", 1, 60, "poll-1") == 0.0
+    assert await _wait(store, "k", 1, 60, "poll-2") > 0
     await store.mark("other", "poll-3", 5)  # a mark belongs to its bucket
-    assert await store.hit_rate_limit("k", 1, 60, free_if_marked="poll-3") > 0
+    assert await _wait(store, "k", 1, 60, "poll-3") > 0
 
 
 async def test_rate_limit_recovers_after_the_interval(store: Store) -> None:
-    assert await store.hit_rate_limit("fast", 2, 1.0) == 0.0
-    assert await store.hit_rate_limit("fast", 2, 1.0) == 0.0
-    wait = await store.hit_rate_limit("fast", 2, 1.0)
+    assert await _wait(store, "fast", 2, 1.0) == 0.0
+    assert await _wait(store, "fast", 2, 1.0) == 0.0
+    wait = await _wait(store, "fast", 2, 1.0)
     assert 0 < wait <= 0.501  # one interval at most (Redis keeps microseconds)
     await asyncio.sleep(wait + 0.02)
-    assert await store.hit_rate_limit("fast", 2, 1.0) == 0.0
+    assert await _wait(store, "fast", 2, 1.0) == 0.0
+
+
+async def test_rate_limit_reports_remaining_and_reset(store: Store) -> None:
+    """SPEC §4's headers: every backend reports the same state after each request."""
+    states = [await store.hit_rate_limit("hdr", 3, 60) for _ in range(4)]
+    assert [(s.limit, s.remaining, s.reset) for s in states] == [
+        (3, 2, 20),
+        (3, 1, 40),
+        (3, 0, 60),
+        (3, 0, 60),
+    ]
+    assert [s.allowed for s in states] == [True, True, True, False]
+    assert states[3].wait > 0
+
+
+async def test_rate_limit_state_of_a_free_request(store: Store) -> None:
+    """A marked (free) request counts nothing and reports the bucket as it is."""
+    await store.hit_rate_limit("free", 2, 60)
+    await store.mark("free", "poll", 5)
+    state = await store.hit_rate_limit("free", 2, 60, free_if_marked="poll")
+    assert (state.allowed, state.remaining, state.reset) == (True, 1, 30)
+    unmarked = await store.hit_rate_limit("fresh", 2, 60, free_if_marked="nothing")
+    assert (unmarked.remaining, unmarked.reset) == (1, 30)
+    await store.mark("empty", "poll", 5)
+    empty = await store.hit_rate_limit("empty", 2, 60, free_if_marked="poll")
+    assert (empty.allowed, empty.remaining, empty.reset) == (True, 2, 0)
 
 
 async def test_count_failure_windows(store_url: str) -> None:

@@ -6,12 +6,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from broker.cube.query import META_PATH, is_continue_wait
-from broker.errors import AuthFailure, BadRequest, MethodNotAllowed, NotFound, Unauthorized
+from broker.errors import (
+    AuthFailure,
+    BadRequest,
+    BrokerError,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+)
 from broker.keys.policy import KeyPolicy, poll_identity
 from broker.keys.record import KeyRecord
 from broker.keys.rights import META_READ, QUERY_EXECUTE
 from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
+from broker.store import RateLimitState
 from broker.tokens.issue import TokenService
 from broker.tokens.verify import TokenClaims, TokenVerifier
 
@@ -67,13 +75,15 @@ class Caller:
 class Grant:
     """The Cube token to forward, the key behind it, the model and the schema hash that
     token names, the caller's poll identity (``None`` when the key has no rate limit:
-    nothing would use it)."""
+    nothing would use it), and the key's rate limit after this request (``None`` without
+    one), for SPEC §4's headers."""
 
     token: str
     key: KeyRecord
     model_id: str
     schema_hash: str
     poll: str | None
+    rate_limit: RateLimitState | None = None
 
 
 class CubeAccess:
@@ -116,18 +126,24 @@ class CubeAccess:
         """What to forward for an authenticated caller: a key needs ``right`` on its model
         (IP rules first) and gets its cached token, a token is forwarded as is; both count
         against the key's rate limit. Raises ``IPNotAllowed``, ``Forbidden``, ``NotFound``
-        or ``RateLimited``."""
+        or ``RateLimited``; an error after the limit was counted carries its state."""
         poll = _poll(caller.key, call)
         claims = caller.claims
         if claims is not None:
-            await self._policy.limit(caller.key, poll)
+            state = await self._policy.limit(caller.key, poll)
             token = caller.credential.token
-            return Grant(token, caller.key, claims.model_id, claims.schema_hash, poll)
+            return Grant(token, caller.key, claims.model_id, claims.schema_hash, poll, state)
         asset_id = caller.credential.model
-        record = await self._keys.permit(caller.key, right, asset_id, client_ip, poll)
-        model = self._registry.current.require(asset_id)
-        minted = await self._tokens.token_for(record, model)
-        return Grant(minted.token, record, model.asset_id, model.schema_hash, poll)
+        permit = await self._keys.permit(caller.key, right, asset_id, client_ip, poll)
+        try:
+            model = self._registry.current.require(asset_id)
+            minted = await self._tokens.token_for(permit.record, model)
+        except BrokerError as exc:
+            exc.rate_limit = permit.rate_limit
+            raise
+        return Grant(
+            minted.token, permit.record, model.asset_id, model.schema_hash, poll, permit.rate_limit
+        )
 
     async def decide(self, credential: Credential, path: str, client_ip: str, call: Call) -> Grant:
         """Decision mode: whether the proxy would forward ``call`` (to the decoded

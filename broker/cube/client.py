@@ -186,10 +186,17 @@ class CubeClient:
             raise BadGateway("Cube's answer was broken.") from None
 
     async def get_json(
-        self, path: str, token: str, request_id: str, time_limit: float, *, model: str
+        self,
+        path: str,
+        token: str,
+        request_id: str,
+        time_limit: float,
+        *,
+        model: str,
+        trace: Mapping[str, str] | None = None,
     ) -> CubeAnswer:
         """A ``GET`` for the broker's own API, read whole within ``time_limit`` seconds."""
-        headers = api_headers(token, request_id)
+        headers = api_headers(token, request_id, trace=trace)
         async with self.request("GET", path, headers, model=model, time_limit=time_limit) as resp:
             raw = await self.read(resp)
             return CubeAnswer(
@@ -208,9 +215,21 @@ class CubeAnswer:
     parsed: Any
 
 
-def api_headers(token: str, request_id: str, *, json_body: bool = False) -> dict[str, str]:
-    """The headers of the broker's own calls to Cube's API."""
-    headers = {"Authorization": token, "Accept": "application/json", "X-Request-Id": request_id}
+def api_headers(
+    token: str,
+    request_id: str,
+    *,
+    json_body: bool = False,
+    trace: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The headers of the broker's own calls to Cube's API; ``trace`` is the caller's W3C
+    trace headers (:func:`broker.support.tracing.trace_headers`), passed on unchanged."""
+    headers = {
+        **(trace or {}),
+        "Authorization": token,
+        "Accept": "application/json",
+        "X-Request-Id": request_id,
+    }
     if json_body:
         headers["Content-Type"] = "application/json"
     return headers

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -48,19 +48,21 @@ async def final_answer(
     time_limit: float,
     *,
     model: str,
+    trace: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, bytes]]:
     """Cube's final answer to ``query``: the response, its headers in, and the part of its
     body already read (all of it for a short answer, else nothing: the caller streams the
     rest with :meth:`CubeClient.relay`, so a large result is never held whole).
 
-    Polls while Cube answers "Continue wait" (the same request ID each time), with a
+    Polls while Cube answers "Continue wait" (the same request ID and ``trace`` headers
+    each time), with a
     growing pause; the final answer must start within ``time_limit`` seconds
     (``GatewayTimeout``). An answer Cube refuses (4xx) comes unchanged; a 5xx, or a short
     success that is not JSON, is ``BadGateway``.
     """
     deadline = time.monotonic() + time_limit
     delay = _FIRST_DELAY
-    headers = api_headers(token, request_id, json_body=True)
+    headers = api_headers(token, request_id, json_body=True, trace=trace)
     try:
         body = json.dumps({"query": query}).encode()
     except RecursionError:  # parsed, one level short of the limit, but not re-encodable
@@ -86,12 +88,18 @@ async def final_answer(
 
 
 async def fetch_meta(
-    cube: CubeClient, token: str, request_id: str, time_limit: float, *, model: str
+    cube: CubeClient,
+    token: str,
+    request_id: str,
+    time_limit: float,
+    *,
+    model: str,
+    trace: Mapping[str, str] | None = None,
 ) -> CubeAnswer:
     """Cube's ``/meta`` for the token's model, whole within ``time_limit`` seconds; a
     refusal (4xx) comes back as is, anything else that is not a JSON object with ``cubes``
     is ``BadGateway``."""
-    answer = await cube.get_json(META_PATH, token, request_id, time_limit, model=model)
+    answer = await cube.get_json(META_PATH, token, request_id, time_limit, model=model, trace=trace)
     if 400 <= answer.status < 500:
         return answer
     parsed = answer.parsed

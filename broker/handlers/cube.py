@@ -16,6 +16,7 @@ from broker.state import (
     KEY_PUBLIC_ID,
     META_CACHE,
     MODEL_ID,
+    RATE_LIMIT,
     REQUEST_ID,
     SETTINGS,
 )
@@ -29,6 +30,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     grant = await access.grant(caller, required_right(request.path), request[CLIENT_IP], call)
     request[KEY_PUBLIC_ID] = grant.key.public_id
     request[MODEL_ID] = grant.model_id
+    if grant.rate_limit is not None:
+        request[RATE_LIMIT] = grant.rate_limit
     meta = request.app[META_CACHE]
     kept_at = None
     if request.path == META_PATH:

@@ -22,12 +22,14 @@ from broker.state import (
     KEY_PUBLIC_ID,
     KEY_VERIFIER,
     MODEL_ID,
+    RATE_LIMIT,
     REGISTRY,
     REQUEST_ID,
     SETTINGS,
     TOKENS,
 )
 from broker.support.timeutil import to_iso
+from broker.support.tracing import trace_headers
 
 
 async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord, SemanticModel]:
@@ -37,13 +39,15 @@ async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord,
     models exist (401 before 404).
     """
     asset_id = request.match_info["asset_id"]
-    record = await request.app[KEY_VERIFIER].authorize(
+    permit = await request.app[KEY_VERIFIER].authorize(
         key_credential(request.headers), right, asset_id, request[CLIENT_IP]
     )
-    request[KEY_PUBLIC_ID] = record.public_id
+    request[KEY_PUBLIC_ID] = permit.record.public_id
+    if permit.rate_limit is not None:
+        request[RATE_LIMIT] = permit.rate_limit
     model = request.app[REGISTRY].current.require(asset_id)
     request[MODEL_ID] = model.asset_id
-    return record, model
+    return permit.record, model
 
 
 async def generate_token(request: web.Request) -> web.Response:
@@ -74,6 +78,7 @@ async def metadata(request: web.Request) -> web.Response:
         request[REQUEST_ID],
         request.app[SETTINGS].upstream_timeout,
         model=model.asset_id,
+        trace=trace_headers(request.headers),
     )
     if answer.status != 200:
         return web.Response(
@@ -110,6 +115,7 @@ async def query(request: web.Request) -> web.StreamResponse:
         request[REQUEST_ID],
         request.app[SETTINGS].query_timeout,
         model=model.asset_id,
+        trace=trace_headers(request.headers),
     ) as (upstream, head):
         return await cube.relay(
             request, upstream, content_headers(upstream.headers), request[REQUEST_ID], head

@@ -1,7 +1,7 @@
-"""CORS for browser dashboards (SPEC §8), and the ``X-Request-Id`` and ``Server`` answer
-headers.
+"""CORS for browser dashboards (SPEC §8), and the ``X-Request-Id``, ``Server`` and
+``RateLimit-*`` (SPEC §4) answer headers.
 
-Both are set in ``on_response_prepare``, the one hook every answer passes through just
+All are set in ``on_response_prepare``, the one hook every answer passes through just
 before its headers are sent, streamed proxy answers and error answers included.
 """
 
@@ -10,13 +10,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.http.decision import is_decision
-from broker.state import REQUEST_ID, SETTINGS
+from broker.state import RATE_LIMIT, REQUEST_ID, SETTINGS
+from broker.store import RateLimitState
 
 #: What the broker tells of itself in ``Server`` (aiohttp's default names the versions
 #: of Python and aiohttp).
 SERVER_NAME = "cube-token-broker"
 
-ALLOWED_HEADERS = "Authorization, Content-Type, X-API-KEY, X-Semantic-Model, X-Request-Id"
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, X-API-KEY, X-Semantic-Model, X-Request-Id, "
+    "traceparent, tracestate"
+)
+#: What a browser script may read of an answer.
+EXPOSED_HEADERS = "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
 ALLOWED_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 PREFLIGHT_MAX_AGE = "600"
 
@@ -32,11 +38,23 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
+def rate_limit_headers(state: RateLimitState) -> dict[str, str]:
+    """SPEC §4's headers for a key's rate limit, Kong's names."""
+    return {
+        "RateLimit-Limit": str(state.limit),
+        "RateLimit-Remaining": str(state.remaining),
+        "RateLimit-Reset": str(state.reset),
+    }
+
+
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER_NAME
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+    rate_limit = request.get(RATE_LIMIT)
+    if rate_limit is not None:
+        response.headers.update(rate_limit_headers(rate_limit))
     origin = request.headers.get("Origin")
     allowed = request.app[SETTINGS].cors_origins
     if origin is None or not allowed:
@@ -45,7 +63,7 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     if origin not in allowed:
         return
     response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
     if is_preflight(request):
         response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
         response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS

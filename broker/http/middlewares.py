@@ -41,11 +41,13 @@ from broker.state import (
     LISTENERS,
     METRICS,
     MODEL_ID,
+    RATE_LIMIT,
     REQUEST_ID,
     SETTINGS,
     TOKEN_VERIFIER,
 )
 from broker.support.logs import redact
+from broker.support.tracing import trace_id
 
 access_log = logging.getLogger("broker.access")
 error_log = logging.getLogger("broker.errors")
@@ -182,6 +184,8 @@ def map_error(request: web.Request, exc: Exception) -> web.Response:
     counted here, once.
     """
     if isinstance(exc, BrokerError):
+        if exc.rate_limit is not None:
+            request[RATE_LIMIT] = exc.rate_limit
         metrics = request.app[METRICS]
         if isinstance(exc, Unauthorized):
             metrics.auth_failures.labels(exc.reason).inc()
@@ -218,20 +222,18 @@ def _account(request: web.Request, status: int, elapsed: float) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     path = redact(request.path_qs)
-    access_log.info(
-        "%s %s %s",
-        request.method,
-        path,
-        status,
-        extra={
-            "request_id": request[REQUEST_ID],
-            "method": request.method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 3),
-            "key": request.get(KEY_PUBLIC_ID),
-            "model": request.get(MODEL_ID),
-            "client_ip": request.get(CLIENT_IP, request.remote),
-            "listener": listener,
-        },
-    )
+    extra: dict[str, Any] = {
+        "request_id": request[REQUEST_ID],
+        "method": request.method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 3),
+        "key": request.get(KEY_PUBLIC_ID),
+        "model": request.get(MODEL_ID),
+        "client_ip": request.get(CLIENT_IP, request.remote),
+        "listener": listener,
+    }
+    trace = trace_id(request.headers.get("traceparent"))
+    if trace is not None:
+        extra["trace_id"] = trace
+    access_log.info("%s %s %s", request.method, path, status, extra=extra)

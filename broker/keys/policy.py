@@ -19,7 +19,7 @@ from broker.errors import (
 from broker.keys import audit
 from broker.keys.record import KeyRecord
 from broker.keys.usage import UsageRecorder
-from broker.store import Store
+from broker.store import RateLimitState, Store
 from broker.support.metrics import Metrics
 from broker.support.netaddr import matches, parse_ip, plain
 from broker.support.timeutil import utcnow
@@ -125,25 +125,28 @@ class KeyPolicy:
         self._usage.record(record.id, now)
         return record
 
-    async def limit(self, record: KeyRecord, poll: str | None = None) -> None:
+    async def limit(self, record: KeyRecord, poll: str | None = None) -> RateLimitState | None:
         """Count one request against the key's rate limit; a request polling a query Cube
-        answered "Continue wait" (see :meth:`mark_poll`) is not counted again. Raises
-        ``RateLimited``. If the store does not answer, the request is let through: the
-        limiter fails open (authentication itself fails closed)."""
+        answered "Continue wait" (see :meth:`mark_poll`) is not counted again. Returns the
+        limit's state for SPEC §4's ``RateLimit-*`` headers (``None`` for a key without a
+        limit). Raises ``RateLimited`` carrying that state. If the store does not answer,
+        the request is let through without a state: the limiter fails open
+        (authentication itself fails closed)."""
         limit = record.rate_limit_per_minute
         if limit <= 0:
-            return
+            return None
         try:
-            wait = await self._store.hit_rate_limit(
+            state = await self._store.hit_rate_limit(
                 _bucket(record), limit, RATE_PERIOD, poll or None
             )
         except StoreUnavailable:
             self._metrics.store_errors.inc()
             log.warning("rate limiter unavailable; letting the request through")
-            return
-        if wait > 0:
+            return None
+        if not state.allowed:
             message = f"Rate limit of {limit} requests per minute reached."
-            raise RateLimited(wait, RateLimitCause.KEY_LIMIT, message)
+            raise RateLimited(state.wait, RateLimitCause.KEY_LIMIT, message, rate_limit=state)
+        return state
 
     async def mark_poll(self, record: KeyRecord, poll: str | None) -> None:
         """Remember that Cube answered "Continue wait" to this query, so its next polls

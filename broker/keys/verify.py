@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from cachetools import LRUCache
 
@@ -13,7 +14,17 @@ from broker.keys.format import parse_key, verify_secret
 from broker.keys.policy import KeyPolicy
 from broker.keys.record import KeyRecord
 from broker.keys.rights import grants
+from broker.store import RateLimitState
 from broker.support.timeutil import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """A key admitted for one request: its record (as the policies left it) and its rate
+    limit's state (``None`` for a key without a limit), for SPEC §4's headers."""
+
+    record: KeyRecord
+    rate_limit: RateLimitState | None = None
 
 
 class KeyVerifier:
@@ -92,7 +103,7 @@ class KeyVerifier:
         asset_id: str | None,
         client_ip: str = "",
         poll: str | None = None,
-    ) -> KeyRecord:
+    ) -> Permit:
         """:meth:`authenticate`, then :meth:`permit`."""
         record = await self.authenticate(presented)
         return await self.permit(record, right, asset_id, client_ip, poll)
@@ -104,15 +115,15 @@ class KeyVerifier:
         asset_id: str | None,
         client_ip: str,
         poll: str | None = None,
-    ) -> KeyRecord:
+    ) -> Permit:
         """The policies after :meth:`authenticate`: IP rules and usage counting (``IPNotAllowed``),
         the right (``Forbidden``), then the key's rate limit (``RateLimited``)."""
-        if self._policy is not None:
-            record = await self._policy.record_use(record, client_ip)
+        if self._policy is None:
+            self.require(record, right, asset_id)
+            return Permit(record)
+        record = await self._policy.record_use(record, client_ip)
         self.require(record, right, asset_id)
-        if self._policy is not None:
-            await self._policy.limit(record, poll)
-        return record
+        return Permit(record, await self._policy.limit(record, poll))
 
     @staticmethod
     def require(record: KeyRecord, right: str, asset_id: str | None) -> None:

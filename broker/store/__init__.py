@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.store.base import CHANGE_FEED_LENGTH, KeyChanges, MintedToken, Store
+from broker.store.base import CHANGE_FEED_LENGTH, KeyChanges, MintedToken, RateLimitState, Store
 from broker.store.redis_connect import SCHEMES as REDIS_SCHEMES
 from broker.store.redis_connect import RedisOptions
 
-__all__ = ["CHANGE_FEED_LENGTH", "KeyChanges", "MintedToken", "Store", "open_store"]
+__all__ = [
+    "CHANGE_FEED_LENGTH",
+    "KeyChanges",
+    "MintedToken",
+    "RateLimitState",
+    "Store",
+    "open_store",
+]
 
 _SQLITE_PREFIX = "sqlite:///"
 

@@ -31,6 +31,26 @@ CHANGE_FEED_LENGTH = 10_000
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """A rate-limit bucket as :meth:`Store.hit_rate_limit` left it (SPEC §4's headers).
+
+    ``wait`` is ``0.0`` when the request was allowed, else the seconds until one would be.
+    ``remaining`` is how many requests could be made at once now (``0`` after a refusal),
+    ``reset`` the whole seconds (rounded up) until the bucket is full again, ``limit`` the
+    limit it was counted against.
+    """
+
+    limit: int
+    wait: float
+    remaining: int
+    reset: int
+
+    @property
+    def allowed(self) -> bool:
+        return self.wait == 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class KeyChanges:
     """A page of the key change feed.
 
@@ -152,12 +172,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def hit_rate_limit(
         self, bucket: str, limit: int, period: float, free_if_marked: str | None = None
-    ) -> float:
+    ) -> RateLimitState:
         """Count one request against ``bucket``: at most ``limit`` per ``period`` seconds
         (GCRA: a burst of ``limit``, then one per ``period / limit``), atomic across
-        replicas. Returns ``0.0`` when allowed (and counted), else the seconds until a
-        request would be allowed (nothing counted). When ``free_if_marked`` names a live
-        mark of this bucket (:meth:`mark`), the request is allowed without being counted."""
+        replicas. Returns the bucket's state after the request: ``wait`` is ``0.0`` when
+        allowed (and counted), else the seconds until a request would be allowed (nothing
+        counted). When ``free_if_marked`` names a live mark of this bucket (:meth:`mark`),
+        the request is allowed without being counted. ``remaining`` and ``reset`` are
+        computed by :func:`broker.store.common.limit_state` in every backend, on the
+        same clock as the count, so every backend reports the same numbers."""
 
     @abc.abstractmethod
     async def mark(self, bucket: str, name: str, ttl: float) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 from broker.keys.record import KeyRecord
-from broker.store.base import MintedToken
+from broker.store.base import MintedToken, RateLimitState
 
 
 def encode_record(record: KeyRecord) -> str:
@@ -60,3 +61,21 @@ def gcra(now: float, tat: float | None, limit: int, period: float) -> tuple[floa
     if allow_at > now:
         return allow_at - now, tat
     return 0.0, tat + interval
+
+
+#: Clock slack (seconds) in :func:`limit_state`, so float rounding (and Redis storing the
+#: TAT to the microsecond) never costs a whole request or second.
+_SLACK = 1e-3
+
+
+def limit_state(now: float, tat: float, wait: float, limit: int, period: float) -> RateLimitState:
+    """What a bucket whose theoretical arrival time is ``tat`` (after the request; ``now``
+    for an empty bucket) reports: requests that could be made at once now, and whole
+    seconds until it is full again. The Redis backend runs the same arithmetic in Lua."""
+    interval = period / limit
+    tat = max(tat, now)
+    remaining = (
+        0 if wait > 0 else min(limit, max(0, int((now + period - tat + _SLACK) // interval)))
+    )
+    reset = max(0, math.ceil(tat - now - _SLACK))
+    return RateLimitState(limit=limit, wait=wait, remaining=remaining, reset=reset)

@@ -61,7 +61,14 @@ from redis.exceptions import RedisError
 from broker.errors import StoreUnavailable
 from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
-from broker.store.base import CHANGE_FEED_LENGTH, Auditor, KeyChanges, MintedToken, Store
+from broker.store.base import (
+    CHANGE_FEED_LENGTH,
+    Auditor,
+    KeyChanges,
+    MintedToken,
+    RateLimitState,
+    Store,
+)
 from broker.store.common import (
     decode_record,
     decode_token,
@@ -159,21 +166,33 @@ return {head, 0, members}
 
 # KEYS[1] = rl:{bucket}, KEYS[2] = mark:{name} (or rl:{bucket} when there is none).
 # ARGV[1] = limit, ARGV[2] = period (s), ARGV[3] = '1' when KEYS[2] is a mark.
-# Returns the seconds to wait as a string ('0' when allowed). Same arithmetic as
-# broker.store.common.gcra, on the Redis server's clock so replicas agree.
+# Returns {seconds to wait as a string ('0' when allowed), remaining, reset}. Same
+# arithmetic as broker.store.common.gcra and limit_state (slack 0.001 s), on the Redis
+# server's clock so replicas agree.
 _GCRA = """
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return '0' end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
-local interval = period / tonumber(ARGV[1])
+local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local allow_at = tat + interval - period
-if allow_at > now then return tostring(allow_at - now) end
-tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
-return '0'
+local wait = 0
+if not (ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1) then
+  local allow_at = tat + interval - period
+  if allow_at > now then
+    wait = allow_at - now
+  else
+    tat = tat + interval
+    redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+  end
+end
+local remaining = 0
+if wait == 0 then
+  remaining = math.max(0, math.min(limit, math.floor((now + period - tat + 0.001) / interval)))
+end
+local reset = math.max(0, math.ceil(tat - now - 0.001))
+return {tostring(wait), remaining, reset}
 """
 
 # KEYS[1] = fail:{subject}. ARGV[1] = window (ms). Returns {count, ms left}.
@@ -486,15 +505,17 @@ class RedisStore(Store):
 
     async def hit_rate_limit(
         self, bucket: str, limit: int, period: float, free_if_marked: str | None = None
-    ) -> float:
+    ) -> RateLimitState:
         counter = self._own("rl", bucket)
         marker = self._own("rl", bucket, "mark", free_if_marked) if free_if_marked else counter
         async with self._call():
-            wait = await self._gcra(
+            wait, remaining, reset = await self._gcra(
                 keys=[counter, marker],
                 args=[limit, period, "1" if free_if_marked is not None else "0"],
             )
-        return float(wait)
+        return RateLimitState(
+            limit=limit, wait=float(wait), remaining=int(remaining), reset=int(reset)
+        )
 
     async def mark(self, bucket: str, name: str, ttl: float) -> None:
         async with self._call():

@@ -24,13 +24,21 @@ from typing import TypeVar
 from broker.errors import StoreUnavailable
 from broker.keys.audit import AuditEvent
 from broker.keys.record import KeyRecord
-from broker.store.base import CHANGE_FEED_LENGTH, Auditor, KeyChanges, MintedToken, Store
+from broker.store.base import (
+    CHANGE_FEED_LENGTH,
+    Auditor,
+    KeyChanges,
+    MintedToken,
+    RateLimitState,
+    Store,
+)
 from broker.store.common import (
     decode_record,
     decode_token,
     encode_record,
     encode_token,
     gcra,
+    limit_state,
     next_version,
 )
 
@@ -366,9 +374,13 @@ class SQLiteStore(Store):
 
     async def hit_rate_limit(
         self, bucket: str, limit: int, period: float, free_if_marked: str | None = None
-    ) -> float:
-        def work(conn: sqlite3.Connection) -> float:
+    ) -> RateLimitState:
+        def work(conn: sqlite3.Connection) -> RateLimitState:
             with _immediate(conn) as now:
+                row = conn.execute(
+                    "SELECT tat FROM rate_limits WHERE bucket = ?", (bucket,)
+                ).fetchone()
+                tat = row[0] if row else None
                 if (
                     free_if_marked is not None
                     and conn.execute(
@@ -376,11 +388,8 @@ class SQLiteStore(Store):
                         (f"{bucket}:{free_if_marked}", now),
                     ).fetchone()
                 ):
-                    return 0.0
-                row = conn.execute(
-                    "SELECT tat FROM rate_limits WHERE bucket = ?", (bucket,)
-                ).fetchone()
-                wait, new_tat = gcra(now, row[0] if row else None, limit, period)
+                    return limit_state(now, tat or now, 0.0, limit, period)
+                wait, new_tat = gcra(now, tat, limit, period)
                 if wait == 0.0:
                     conn.execute(
                         "INSERT OR REPLACE INTO rate_limits (bucket, tat) VALUES (?, ?)",
@@ -388,7 +397,7 @@ class SQLiteStore(Store):
                     )
             if wait == 0.0:
                 self._wrote(conn)
-            return wait
+            return limit_state(now, new_tat, wait, limit, period)
 
         return await self._run(work)
 
