@@ -3,8 +3,8 @@
 # Debian packages that are missing (when root), then a virtualenv in .venv with the
 # package and its test extras. WITH_LOCAL_STACK=1 adds PostgreSQL, Node.js and npm (for
 # scripts/run.sh and make demo); WITH_TEST_SERVICES=1 those and redis-server (and
-# kubectl, for the tests). Re-running it is cheap: pip runs only when pyproject.toml
-# changed since the last install.
+# kubectl and Chromium, for the tests). Re-running it is cheap: pip runs only when
+# pyproject.toml changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,9 @@ if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   # Debian ships it only in the full prometheus package (about 19 MB); in a container its
   # service is not started, on a machine with systemd `systemctl disable --now prometheus`.
   have promtool || [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
+  # Debian's Chromium, which tests/e2e/test_browser.py drives through playwright-core
+  # (scripts/install-browser.sh) to see CORS as a browser enforces it.
+  [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 fi
 if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_LOCAL_STACK:-0}" = 1 ]; then
   # The end-to-end tests, make demo and scripts/run.sh: a private PostgreSQL cluster
