@@ -19,12 +19,13 @@ import pytest
 from broker.app import create_app
 from broker.settings import Settings
 from broker.store import Store, open_store
+from tests.fake_cube import FakeCube
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.redis import RedisServer, start_redis
 from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
 from tests.harness.redis_sentinel import SentinelDeployment, start_redis_sentinel
 from tests.harness.settings import ADMIN_KEY, make_settings
-from tests.helpers import AiohttpClient, Client
+from tests.helpers import AiohttpClient, BrokerOnFake, Client
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +154,28 @@ def private_redis() -> Iterator[RedisServer]:
     """A Redis of this test's own, which it may kill without disturbing the others."""
     with start_redis() as server:
         yield server
+
+
+@pytest.fixture
+def fake() -> FakeCube:
+    """A scriptable stand-in for Cube (fault injection; the e2e tests run the real one)."""
+    return FakeCube()
+
+
+@pytest.fixture
+def broker_on_fake(
+    aiohttp_client: AiohttpClient, aiohttp_server: Any, fake: FakeCube, tmp_path: Path
+) -> BrokerOnFake:
+    """Start an app on a SQLite store in front of :func:`fake`, with ``env`` on top."""
+
+    async def start(**env: str) -> Client:
+        server = await aiohttp_server(fake.app())
+        settings = make_settings(
+            BROKER_STORE=f"sqlite:///{tmp_path}/broker.db",
+            BROKER_CUBE_URL=str(server.make_url("")).rstrip("/"),
+            **env,
+        )
+        client: Client = await aiohttp_client(create_app(settings))
+        return client
+
+    return start

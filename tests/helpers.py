@@ -8,7 +8,7 @@ Distinct loopback source addresses (127.0.0.2, 127.0.0.3, …) stand for distinc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,8 @@ from tests.harness.settings import ADMIN_KEY
 Client = TestClient[Any, Any]
 #: The type of pytest-aiohttp's ``aiohttp_client`` fixture.
 AiohttpClient = Callable[..., Any]
+#: The ``broker_on_fake`` fixture: an app in front of a FakeCube, settings on top.
+BrokerOnFake = Callable[..., Awaitable[TestClient[Any, Any]]]
 ADMIN = {"X-API-Key": ADMIN_KEY}
 TOKEN_PATH = "/api/v0/semantic-model/orders/generate-token"
 

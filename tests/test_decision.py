@@ -10,41 +10,25 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from broker.app import create_app
 from tests.fake_cube import FakeCube
 from tests.harness.keys import create_key
-from tests.harness.settings import make_settings
-from tests.helpers import ADMIN, Client, assert_error
+from tests.helpers import ADMIN, BrokerOnFake, Client, assert_error
 
 DECIDE = "/auth/v1/cube"
 LOAD = "/cubejs-api/v1/load?query=%7B%22measures%22%3A%5B%22orders.count%22%5D%7D"
 
 
 @pytest.fixture
-def fake() -> FakeCube:
-    return FakeCube()
-
-
-@pytest.fixture
-async def broker(
-    aiohttp_client: Any, aiohttp_server: Any, fake: FakeCube, tmp_path: Path
-) -> Client:
-    server: TestServer = await aiohttp_server(fake.app())
-    settings = make_settings(
-        BROKER_STORE=f"sqlite:///{tmp_path}/broker.db",
-        BROKER_CUBE_URL=str(server.make_url("")).rstrip("/"),
+async def broker(broker_on_fake: BrokerOnFake) -> Client:
+    return await broker_on_fake(
         BROKER_TRUSTED_PROXIES="127.0.0.1/32",
         BROKER_CORS_ORIGINS="https://dash.example.com",
     )
-    c: Client = await aiohttp_client(create_app(settings))
-    return c
 
 
 async def token_of(c: Client, key: str) -> str:

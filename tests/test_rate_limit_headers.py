@@ -4,39 +4,23 @@ limit was counted and the 429 included; none for a key without a limit."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from broker.app import create_app
 from tests.fake_cube import FakeCube
 from tests.harness.keys import create_key
-from tests.harness.settings import make_settings
-from tests.helpers import TOKEN_PATH, Client, assert_error
+from tests.helpers import TOKEN_PATH, BrokerOnFake, Client, assert_error
 
 ORIGIN = "https://dash.example.com"
 NAMES = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 
 
 @pytest.fixture
-def fake() -> FakeCube:
-    return FakeCube()
-
-
-@pytest.fixture
-async def broker(
-    aiohttp_client: Any, aiohttp_server: Any, fake: FakeCube, tmp_path: Path
-) -> Client:
-    server: TestServer = await aiohttp_server(fake.app())
-    settings = make_settings(
-        BROKER_STORE=f"sqlite:///{tmp_path}/broker.db",
-        BROKER_CUBE_URL=str(server.make_url("")).rstrip("/"),
+async def broker(broker_on_fake: BrokerOnFake) -> Client:
+    return await broker_on_fake(
         BROKER_CORS_ORIGINS=ORIGIN,
     )
-    c: Client = await aiohttp_client(create_app(settings))
-    return c
 
 
 def limit_headers(resp: Any) -> tuple[str, str, str] | None:

@@ -5,18 +5,14 @@ names the trace."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from broker.app import create_app
 from broker.support.tracing import trace_id
 from tests.fake_cube import FakeCube
 from tests.harness.keys import create_key
-from tests.harness.settings import make_settings
-from tests.helpers import TOKEN_PATH, Client
+from tests.helpers import TOKEN_PATH, BrokerOnFake, Client
 
 ORIGIN = "https://dash.example.com"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -27,22 +23,10 @@ TRACE = {
 
 
 @pytest.fixture
-def fake() -> FakeCube:
-    return FakeCube()
-
-
-@pytest.fixture
-async def broker(
-    aiohttp_client: Any, aiohttp_server: Any, fake: FakeCube, tmp_path: Path
-) -> Client:
-    server: TestServer = await aiohttp_server(fake.app())
-    settings = make_settings(
-        BROKER_STORE=f"sqlite:///{tmp_path}/broker.db",
-        BROKER_CUBE_URL=str(server.make_url("")).rstrip("/"),
+async def broker(broker_on_fake: BrokerOnFake) -> Client:
+    return await broker_on_fake(
         BROKER_CORS_ORIGINS=ORIGIN,
     )
-    c: Client = await aiohttp_client(create_app(settings))
-    return c
 
 
 @pytest.mark.parametrize(
