@@ -507,9 +507,8 @@ def climb_ladder(
             if status != 200 or got != expected:
                 raise BenchError(f"ladder /{endpoint} via {way.name}: {status}, {got[:300]!r}")
         label = f"B fixed /{endpoint} c={conc}"
-        print(
-            f"  ladder {label}: {args.rounds} rounds of {args.duration / args.rounds:.1f} s per way"
-        )
+        seconds = ladder.round_seconds(args.duration, args.rounds)
+        print(f"  ladder {label}: {args.rounds} rounds of {seconds} s per way", flush=True)
         ladder.climb(ways, paths[endpoint], headers, args.duration, args.rounds, conc)
         lines += ["", *ladder.report_ladder(label, ways)]
     return lines

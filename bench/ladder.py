@@ -35,7 +35,7 @@ from tests.harness.ports import free_port
 from tests.harness.process import HTTPProcess
 
 #: Unmeasured seconds per way before its rounds: keep-alive pools filled, paths warm.
-WARM_UP = 1.0
+WARM_UP = 1
 _TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -236,10 +236,10 @@ def find_wrk() -> str:
     return found
 
 
-def run_wrk(url: str, headers: dict[str, str], duration: float, connections: int) -> WrkRound:
+def run_wrk(url: str, headers: dict[str, str], duration: int, connections: int) -> WrkRound:
     """One ``wrk -t1`` round of ``duration`` seconds over ``connections`` keep-alive
     connections; its CPU from the rusage of this process's waited children."""
-    argv: list[str] = [find_wrk(), "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    argv = [find_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -294,6 +294,11 @@ class Way:
         return seconds / self.requests * 1e6 if self.requests else 0.0
 
 
+def round_seconds(duration: float, rounds: int) -> int:
+    """Seconds of one ladder round (``wrk -d`` takes whole seconds only)."""
+    return max(1, round(duration / rounds))
+
+
 def climb(
     ways: Sequence[Way],
     path_qs: str,
@@ -303,8 +308,9 @@ def climb(
     connections: int,
 ) -> None:
     """Every way warmed for :data:`WARM_UP` s, then ``rounds`` interleaved rounds of
-    ``duration / rounds`` s per way (the order rotating every round)."""
-    slice_ = duration / rounds
+    ``duration / rounds`` s per way (the order rotating every round), rounded to whole
+    seconds and at least one: ``wrk -d`` takes no fractions."""
+    slice_ = round_seconds(duration, rounds)
     for way in ways:
         run_wrk(way.base + path_qs, headers, WARM_UP, connections)
     for round_no in range(rounds):
