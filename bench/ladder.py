@@ -65,7 +65,7 @@ def serve_bare_proxy(upstream: str, port: int) -> None:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with request.app[session_key].get(request.rel_url, headers=headers) as answer:
             response = web.StreamResponse(status=answer.status)
-            if answer.content_type:
+            if "Content-Type" in answer.headers:
                 response.headers["Content-Type"] = answer.headers["Content-Type"]
             if answer.content_length is not None:
                 response.content_length = answer.content_length
