@@ -8,6 +8,7 @@ Run from the repository root::
                                          [--throughput-concurrency 32]
                                          [--part all|cube|fixed] [--endpoints meta,load]
                                          [--store redis|sqlite] [--py-spy DIR]
+                                         [--no-ladder]
 
 What it does, in one run (every service through ``tests.harness``, as in ``tests/e2e``):
 
@@ -27,11 +28,17 @@ What it does, in one run (every service through ``tests.harness``, as in ``tests
    the warm-up; synthetic bodies of the same size with ``--part fixed``), and a second
    broker (same store and secrets) forwards to it; interleaved rounds at each
    ``--latency-concurrency`` (low, so latency is not queueing) for the added latency,
-   and at ``--throughput-concurrency`` for the req/s ratio;
+   and at ``--throughput-concurrency`` for the req/s ratio; then the ladder
+   (:mod:`bench.ladder`, not with ``--no-ladder``), driven by ``wrk`` at
+   ``--throughput-concurrency``: the upstream straight, a bare aiohttp proxy
+   (``--serve-bare-proxy``), the broker, nginx ``proxy_pass`` and nginx asking the broker
+   (``auth_request``, decision mode), all on that same upstream;
 4. prints, per endpoint and concurrency, req/s and p50/p99 both ways, the broker/direct
    ratio, the added p50/p99 and the CPU per request of each process (from ``/proc``),
    then the goals: through Cube at least 90 % of the direct req/s; on the fixed body
-   under 1 ms added p50.
+   under 1 ms added p50; then the ladder's table (req/s, p50/p99, CPU per request of
+   every process) with the broker's CPU per request over the bare proxy's and the
+   decision mode's req/s over nginx direct's.
 
 Every round is ``duration / rounds`` seconds; direct and broker alternate, the first of
 each pair swapping every round, so both see similar machine conditions. Any answer other
@@ -59,6 +66,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from bench import ladder
 from bench.common import (
     ADMIN_KEY,
     BenchError,
@@ -338,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[Comparison] = []
     bodies: dict[str, bytes] = {}
     cube_note = ""
+    ladder_lines: list[str] = []
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="broker-bench-proxy-"))
         stack.callback(shutil.rmtree, workdir, True)
@@ -438,9 +447,71 @@ def run(args: argparse.Namespace) -> int:
                 results.append(compare(gen, part_b, direct, via, paths[endpoint], headers, args))
             if args.py_spy:
                 spy2.stop()
+            if args.ladder:
+                ladder_lines = climb_ladder(stack, args, fixed, broker2, workdir, paths, headers)
 
     report(args, results, bodies)
+    for line in ladder_lines:
+        print(line)
     return 0
+
+
+def climb_ladder(
+    stack: ExitStack,
+    args: argparse.Namespace,
+    fixed: HTTPProcess,
+    broker: BrokerProcess,
+    workdir: Path,
+    paths: dict[str, str],
+    headers: dict[str, str],
+) -> list[str]:
+    """Part B's ladder (:mod:`bench.ladder`) on the same fixed upstream and broker: a bare
+    aiohttp proxy, nginx direct and nginx with the broker deciding start beside them;
+    every way must answer the upstream's very bytes first. The report's lines."""
+    ladder.find_wrk()
+    port = free_port()
+    bare = HTTPProcess(
+        "bare-proxy",
+        [
+            *(sys.executable, "-m", "bench.bench_proxy", "--serve-bare-proxy", fixed.url),
+            *("--port", str(port)),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        workdir=workdir,
+        port=port,
+        owns_workdir=False,
+    )
+    stack.callback(bare.stop)
+    bare.wait_until_answers(PATHS["meta"], 30)
+    nginx = ladder.start_nginx_direct(fixed.url)
+    stack.callback(nginx.stop)
+    deciding = ladder.start_nginx_deciding(broker.url, fixed.url)
+    stack.callback(deciding.stop)
+    lines: list[str] = []
+    conc = args.throughput_concurrency
+    for endpoint in args.endpoints:
+        ways = [
+            ladder.Way("upstream", fixed.url, {"upstream": fixed.pid}),
+            ladder.Way("bare aiohttp", bare.url, {"upstream": fixed.pid, "proxy": bare.pid}),
+            ladder.Way("broker", broker.url, {"upstream": fixed.pid, "broker": broker.pid}),
+            ladder.Way("nginx", nginx.url, {"upstream": fixed.pid, "nginx": nginx.pid}),
+            ladder.Way(
+                "nginx+broker",
+                deciding.url,
+                {"upstream": fixed.pid, "nginx": deciding.pid, "broker": broker.pid},
+            ),
+        ]
+        expected = request("GET", fixed.url + paths[endpoint], headers=headers)[1]
+        for way in ways:
+            status, got = request("GET", way.base + paths[endpoint], headers=headers)
+            if status != 200 or got != expected:
+                raise BenchError(f"ladder /{endpoint} via {way.name}: {status}, {got[:300]!r}")
+        label = f"B fixed /{endpoint} c={conc}"
+        seconds = ladder.round_seconds(args.duration, args.rounds)
+        print(f"  ladder {label}: {args.rounds} rounds of {seconds} s per way", flush=True)
+        ladder.climb(ways, paths[endpoint], headers, args.duration, args.rounds, conc)
+        lines += ["", *ladder.report_ladder(label, ways)]
+    return lines
 
 
 # -- the report --------------------------------------------------------------------------
@@ -583,11 +654,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", default=DEFAULT_QUERY, help="the /load query (JSON)")
     parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
     parser.add_argument("--py-spy", metavar="DIR", help="record each broker with py-spy")
+    parser.add_argument(
+        "--no-ladder",
+        dest="ladder",
+        action="store_false",
+        help="part B without the ladder (bare aiohttp proxy, nginx, nginx + broker; wrk)",
+    )
     parser.add_argument("--serve-fixed", metavar="BODY_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_fixed:
         serve_fixed(Path(args.serve_fixed), args.port)
+        return 0
+    if args.serve_bare_proxy:
+        ladder.serve_bare_proxy(args.serve_bare_proxy, args.port)
         return 0
     if (
         args.duration <= 0
