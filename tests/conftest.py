@@ -163,17 +163,19 @@ def fake() -> FakeCube:
 
 
 @pytest.fixture
-def broker_on_fake(
-    aiohttp_client: AiohttpClient, aiohttp_server: Any, fake: FakeCube, tmp_path: Path
-) -> BrokerOnFake:
+async def cube_url(aiohttp_server: Any, fake: FakeCube) -> str:
+    """Where :func:`fake` answers, as ``BROKER_CUBE_URL``."""
+    server = await aiohttp_server(fake.app())
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def broker_on_fake(aiohttp_client: AiohttpClient, cube_url: str, tmp_path: Path) -> BrokerOnFake:
     """Start an app on a SQLite store in front of :func:`fake`, with ``env`` on top."""
 
     async def start(**env: str) -> Client:
-        server = await aiohttp_server(fake.app())
         settings = make_settings(
-            BROKER_STORE=f"sqlite:///{tmp_path}/broker.db",
-            BROKER_CUBE_URL=str(server.make_url("")).rstrip("/"),
-            **env,
+            BROKER_STORE=f"sqlite:///{tmp_path}/broker.db", BROKER_CUBE_URL=cube_url, **env
         )
         client: Client = await aiohttp_client(create_app(settings))
         return client

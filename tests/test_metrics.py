@@ -8,11 +8,9 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from broker import __version__
 from broker.app import create_app
@@ -20,7 +18,6 @@ from broker.errors import StoreUnavailable
 from broker.settings import Settings
 from broker.state import BODIES, REGISTRY, STORE
 from broker.store import KeyChanges
-from tests.fake_cube import FakeCube
 from tests.harness import DATA
 from tests.harness.keys import create_key
 from tests.harness.served import Served, read_answer, serve
@@ -60,12 +57,6 @@ async def test_tokens_minted_and_cache_hits_by_model(client: Client) -> None:
     text = await scrape(client)
     assert sample(text, "broker_tokens_minted_total", model="orders") == 1
     assert sample(text, "broker_token_cache_hits_total", model="orders") == 2
-
-
-@pytest.fixture
-async def cube_url(aiohttp_server: Any) -> str:
-    server: TestServer = await aiohttp_server(FakeCube().app())
-    return str(server.make_url("")).rstrip("/")
 
 
 async def test_upstream_duration_by_model(

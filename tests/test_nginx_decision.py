@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from broker.app import create_app
@@ -34,17 +33,6 @@ from tests.helpers import Client
 pytestmark = pytest.mark.timeout(60)
 
 LOAD = "/cubejs-api/v1/load?query=%7B%22measures%22%3A%5B%22orders.count%22%5D%7D"
-
-
-@pytest.fixture
-def fake() -> FakeCube:
-    return FakeCube()
-
-
-@pytest.fixture
-async def cube_url(aiohttp_server: Any, fake: FakeCube) -> str:
-    server: TestServer = await aiohttp_server(fake.app())
-    return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -33,17 +32,6 @@ from tests.helpers import Client, assert_error
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 ALL = ["semantic_model.*"]
-
-
-@pytest.fixture
-def fake() -> FakeCube:
-    return FakeCube()
-
-
-@pytest.fixture
-async def cube_url(aiohttp_server: Any, fake: FakeCube) -> str:
-    server: TestServer = await aiohttp_server(fake.app())
-    return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture
