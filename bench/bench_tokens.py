@@ -124,6 +124,10 @@ def serve_bare(body_file: Path) -> None:
 # -- counting store round trips ---------------------------------------------------------
 
 
+#: The change feed's keys in the store (see broker.store.redis).
+_FEED_SEQ, _FEED = "broker:{k}:feed:seq", "broker:{k}:feed"
+
+
 class StoreMonitor:
     """Counts the commands clients send to Redis during a window, exactly, with MONITOR.
 
@@ -132,7 +136,7 @@ class StoreMonitor:
     scripts), and it also counts the commands a Lua script runs inside Redis, and our own
     ``INFO``. MONITOR prints every command a client sends, with its arguments, and prints
     the commands run inside scripts on separate ``[db lua]`` lines. So: top-level lines
-    only; an ``EVALSHA`` whose keys are exactly ``broker:feed:seq broker:feed`` is a feed
+    only; an ``EVALSHA`` whose keys are exactly ``broker:{k}:feed:seq broker:{k}:feed`` is a feed
     poll (background, not per request; the write scripts name more keys); every other
     top-level command is a store round trip, reported by command and key prefix. The
     window closes on an ``ECHO`` marker sent after the round, so no line is lost in flight.
@@ -164,7 +168,7 @@ class StoreMonitor:
     def _read(self) -> None:
         while True:
             line = self._readline().decode(errors="replace")
-            # +1700000000.123456 [0 127.0.0.1:40000] "EVALSHA" "abc..." "2" "broker:feed:seq" ...
+            # +1700000000.123456 [0 127.0.0.1:40000] "EVALSHA" "abc..." "2" "broker:{k}:feed:seq" …
             try:
                 where, args = line.split("] ", 1)
             except ValueError:
@@ -182,12 +186,12 @@ class StoreMonitor:
             if command == "EVALSHA":
                 numkeys = int(words[2]) if len(words) > 2 and words[2].isdigit() else 0
                 keys = words[3 : 3 + numkeys]
-                if keys == ["broker:feed:seq", "broker:feed"]:
+                if keys == [_FEED_SEQ, _FEED]:
                     self.feed_polls += 1
                     continue
                 # Write scripts also append to the feed: name them by their own key.
-                key = next((k for k in keys if not k.startswith("broker:feed")), "")
-            prefix = ":".join(key.split(":")[:2])
+                key = next((k for k in keys if k not in (_FEED_SEQ, _FEED)), "")
+            prefix = ":".join(key.split(":")[: 3 if key.startswith("broker:{k}:") else 2])
             self.calls[f"{command} {prefix}".strip()] += 1
 
     def close(self) -> None:
