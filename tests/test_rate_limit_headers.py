@@ -1,6 +1,7 @@
 """SPEC §4's ``RateLimit-*`` answer headers: on every answer to a request authenticated by
 a key with a rate limit (directly or through a token it minted), error answers after the
-limit was counted and the 429 included; none for a key without a limit."""
+limit was counted and the 429 included, refusals before the count with the state they did
+not change; none for a key without a limit."""
 
 from __future__ import annotations
 
@@ -94,6 +95,38 @@ async def test_an_unknown_model_after_the_limit_still_carries_them(broker: Clien
     )
     await assert_error(proxied, 404, "not_found")
     assert limit_headers(proxied) == ("4", "2", "30")
+
+
+async def test_refusals_before_the_count_carry_the_state_they_left(broker: Client) -> None:
+    """A missing right or a refused address (checked before the count) reports the limit
+    as it stands and counts nothing: the next allowed request still finds it."""
+    key, _ = await create_key(
+        broker, rate_limit_per_minute=4, rights=["semantic_model.token.create"]
+    )
+    assert limit_headers(await broker.post(TOKEN_PATH, headers={"X-API-KEY": key})) == (
+        "4",
+        "3",
+        "15",
+    )
+    for _ in range(3):  # no right for /meta: 403, the bucket untouched
+        refused = await broker.get(
+            "/cubejs-api/v1/meta", headers={"X-API-KEY": key, "X-Semantic-Model": "orders"}
+        )
+        await assert_error(refused, 403, "forbidden")
+        assert limit_headers(refused) == ("4", "3", "15")
+    assert limit_headers(await broker.post(TOKEN_PATH, headers={"X-API-KEY": key})) == (
+        "4",
+        "2",
+        "30",
+    )
+    walled, _ = await create_key(broker, rate_limit_per_minute=4, ip_whitelist=["10.9.9.9"])
+    blocked = await broker.post(TOKEN_PATH, headers={"X-API-KEY": walled})
+    await assert_error(blocked, 403, "ip_not_allowed")
+    assert limit_headers(blocked) == ("4", "4", "0")
+    unlimited, _ = await create_key(broker, ip_whitelist=["10.9.9.9"])
+    blocked = await broker.post(TOKEN_PATH, headers={"X-API-KEY": unlimited})
+    await assert_error(blocked, 403, "ip_not_allowed")
+    assert limit_headers(blocked) is None
 
 
 async def test_browsers_may_read_them(broker: Client) -> None:

@@ -591,6 +591,18 @@ async def test_rate_limit_state_of_a_free_request(store: Store) -> None:
     assert (empty.allowed, empty.remaining, empty.reset) == (True, 2, 0)
 
 
+async def test_peeking_at_a_rate_limit_counts_nothing(store: Store) -> None:
+    """The state a refusal before the count reports: as the last request left it."""
+    empty = await store.peek_rate_limit("peek", 2, 60)
+    assert (empty.allowed, empty.remaining, empty.reset) == (True, 2, 0)
+    await store.hit_rate_limit("peek", 2, 60)
+    for _ in range(3):
+        state = await store.peek_rate_limit("peek", 2, 60)
+        assert (state.allowed, state.remaining, state.reset) == (True, 1, 30)
+    assert (await store.hit_rate_limit("peek", 2, 60)).allowed
+    assert (await store.peek_rate_limit("peek", 2, 60)).remaining == 0
+
+
 async def test_count_failure_windows(store_url: str) -> None:
     a, b = open_store(store_url), open_store(store_url)
     try:

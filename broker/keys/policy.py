@@ -148,6 +148,19 @@ class KeyPolicy:
             raise RateLimited(state.wait, RateLimitCause.KEY_LIMIT, message, rate_limit=state)
         return state
 
+    async def peek(self, record: KeyRecord) -> RateLimitState | None:
+        """The key's rate limit as it stands, nothing counted: for the headers of a refusal
+        that comes before the count (IP rules, rights). ``None`` without a limit, or when
+        the store does not answer (the refusal stands without headers)."""
+        limit = record.rate_limit_per_minute
+        if limit <= 0:
+            return None
+        try:
+            return await self._store.peek_rate_limit(_bucket(record), limit, RATE_PERIOD)
+        except StoreUnavailable:
+            self._metrics.store_errors.inc()
+            return None
+
     async def mark_poll(self, record: KeyRecord, poll: str | None) -> None:
         """Remember that Cube answered "Continue wait" to this query, so its next polls
         are free."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from broker.errors import AuthFailure, Forbidden, Unauthorized
+from broker.errors import AuthFailure, Forbidden, IPNotAllowed, Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.format import parse_key, verify_secret
 from broker.keys.policy import KeyPolicy
@@ -121,8 +121,12 @@ class KeyVerifier:
         if self._policy is None:
             self.require(record, right, asset_id)
             return Permit(record)
-        record = await self._policy.record_use(record, client_ip)
-        self.require(record, right, asset_id)
+        try:
+            record = await self._policy.record_use(record, client_ip)
+            self.require(record, right, asset_id)
+        except (IPNotAllowed, Forbidden) as exc:  # refused before the count: its headers
+            exc.rate_limit = await self._policy.peek(record)
+            raise
         return Permit(record, await self._policy.limit(record, poll))
 
     @staticmethod

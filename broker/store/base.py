@@ -183,6 +183,11 @@ class Store(abc.ABC):
         same clock as the count, so every backend reports the same numbers."""
 
     @abc.abstractmethod
+    async def peek_rate_limit(self, bucket: str, limit: int, period: float) -> RateLimitState:
+        """``bucket``'s state now, nothing counted (for the headers of a refusal that comes
+        before the count); ``wait`` is ``0.0``."""
+
+    @abc.abstractmethod
     async def mark(self, bucket: str, name: str, ttl: float) -> None:
         """Set the mark ``name`` of ``bucket`` for ``ttl`` seconds (for
         :meth:`hit_rate_limit`)."""

@@ -165,7 +165,8 @@ return {head, 0, members}
 """
 
 # KEYS[1] = rl:{bucket}, KEYS[2] = mark:{name} (or rl:{bucket} when there is none).
-# ARGV[1] = limit, ARGV[2] = period (s), ARGV[3] = '1' when KEYS[2] is a mark.
+# ARGV[1] = limit, ARGV[2] = period (s), ARGV[3] = '1' when KEYS[2] is a mark, 'peek' to
+# count nothing.
 # Returns {seconds to wait as a string ('0' when allowed), remaining, reset}. Same
 # arithmetic as broker.store.common.gcra and limit_state (slack 0.001 s), on the Redis
 # server's clock so replicas agree.
@@ -178,7 +179,7 @@ local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = 0
-if not (ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1) then
+if ARGV[3] ~= 'peek' and not (ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1) then
   local allow_at = tat + interval - period
   if allow_at > now then
     wait = allow_at - now
@@ -508,11 +509,19 @@ class RedisStore(Store):
     ) -> RateLimitState:
         counter = self._own("rl", bucket)
         marker = self._own("rl", bucket, "mark", free_if_marked) if free_if_marked else counter
+        return await self._run_gcra(
+            [counter, marker], limit, period, "1" if free_if_marked is not None else "0"
+        )
+
+    async def peek_rate_limit(self, bucket: str, limit: int, period: float) -> RateLimitState:
+        counter = self._own("rl", bucket)
+        return await self._run_gcra([counter, counter], limit, period, "peek")
+
+    async def _run_gcra(
+        self, keys: list[str], limit: int, period: float, mode: str
+    ) -> RateLimitState:
         async with self._call():
-            wait, remaining, reset = await self._gcra(
-                keys=[counter, marker],
-                args=[limit, period, "1" if free_if_marked is not None else "0"],
-            )
+            wait, remaining, reset = await self._gcra(keys=keys, args=[limit, period, mode])
         return RateLimitState(
             limit=limit, wait=float(wait), remaining=int(remaining), reset=int(reset)
         )

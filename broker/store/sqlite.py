@@ -401,6 +401,16 @@ class SQLiteStore(Store):
 
         return await self._run(work)
 
+    async def peek_rate_limit(self, bucket: str, limit: int, period: float) -> RateLimitState:
+        def work(conn: sqlite3.Connection) -> RateLimitState:
+            with _immediate(conn) as now:
+                row = conn.execute(
+                    "SELECT tat FROM rate_limits WHERE bucket = ?", (bucket,)
+                ).fetchone()
+            return limit_state(now, row[0] if row else now, 0.0, limit, period)
+
+        return await self._run(work)
+
     async def mark(self, bucket: str, name: str, ttl: float) -> None:
         def work(conn: sqlite3.Connection) -> None:
             with _immediate(conn):
