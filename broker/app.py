@@ -13,7 +13,6 @@ from aiohttp import web
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_session
 from broker.cube.meta_cache import MetaCache
-from broker.http import decision
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
@@ -41,6 +40,7 @@ from broker.state import (
     META_CACHE,
     METRICS,
     REGISTRY,
+    REQUEST_IDS,
     SETTINGS,
     STORE,
     TOKEN_VERIFIER,
@@ -49,6 +49,7 @@ from broker.state import (
 )
 from broker.store import open_store
 from broker.support.metrics import Metrics
+from broker.support.request_ids import RequestIds
 from broker.tokens.issue import TokenConfig, TokenService
 from broker.tokens.signing import SigningSecrets
 from broker.tokens.verify import TokenVerifier
@@ -68,11 +69,11 @@ def create_app(settings: Settings) -> web.Application:
     metrics = app[METRICS] = Metrics()
     app[BODIES] = BodyBudget(settings.body_memory, settings.body_timeout)
     app[LISTENERS] = Listeners()
+    app[REQUEST_IDS] = RequestIds()
     registry = app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     metrics.follow_reloads(registry)
     app[META_CACHE] = MetaCache(registry, metrics)
     app.on_response_prepare.append(on_prepare)
-    app.on_response_prepare.append(decision.on_prepare)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_upstream)

@@ -19,6 +19,7 @@ from broker.models import RegistryWatcher
 from broker.settings import Settings
 from broker.store import RateLimitState, Store
 from broker.support.metrics import Metrics
+from broker.support.request_ids import RequestIds
 from broker.tokens.issue import TokenService
 from broker.tokens.verify import TokenVerifier
 
@@ -39,6 +40,7 @@ CUBE_ACCESS = web.AppKey("cube_access", CubeAccess)
 META_CACHE = web.AppKey("meta_cache", MetaCache)
 BODIES = web.AppKey("bodies", BodyBudget)
 LISTENERS = web.AppKey("listeners", Listeners)
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 #: The client's address (the socket peer, or from X-Forwarded-For behind a trusted proxy).

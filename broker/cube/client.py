@@ -4,17 +4,16 @@ and the mapping of every upstream failure to 502 or 504."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Histogram
 from yarl import URL
 
 from broker.errors import BadGateway, GatewayTimeout
@@ -64,8 +63,7 @@ class CubeClient:
         self._metrics = metrics
         self._answer_timeout = answer_timeout
 
-    @contextlib.asynccontextmanager
-    async def request(
+    def request(
         self,
         method: str,
         path_qs: str,
@@ -75,38 +73,40 @@ class CubeClient:
         model: str,
         time_limit: float | None = None,
         answer_within: float | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request about the semantic model ``model`` (a registry asset ID: the
-        ``model`` label of the upstream duration); ``path_qs`` is the raw, still-encoded
-        path and query, sent byte for byte. Yields the response once its headers arrived,
-        which must be within ``answer_within`` seconds when that is shorter than the answer
-        timeout; ``time_limit`` bounds the whole exchange, body included.
+    ) -> Exchange:
+        """One request about the semantic model ``model`` (a registry asset ID: the
+        ``model`` label of the upstream duration), as ``async with`` yielding the response
+        once its headers arrived; ``path_qs`` is the raw, still-encoded path and query,
+        sent byte for byte. The headers must come within ``answer_within`` seconds when
+        that is shorter than the answer timeout; ``time_limit`` bounds the whole exchange,
+        body included.
 
-        Raises ``BadGateway`` (Cube unreachable, connection broken) or ``GatewayTimeout``
-        (no answer in time) for failures before the headers arrived.
+        Entering raises ``BadGateway`` (Cube unreachable, connection broken) or
+        ``GatewayTimeout`` (no answer in time) for failures before the headers arrived.
         """
-        url = URL(self._base + path_qs, encoded=True)
         kwargs: dict[str, Any] = {"headers": headers, "data": body, "allow_redirects": False}
         if time_limit is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(
                 total=time_limit,
                 connect=min(time_limit, self._session.timeout.connect or time_limit),
             )
-        started = time.perf_counter()
-        with self._failures():
-            async with asyncio.timeout(min(self._answer_timeout, answer_within or math.inf)):
-                response = await self._session.request(method, url, **kwargs)
-        self._metrics.upstream_duration(model).observe(time.perf_counter() - started)
-        try:
-            yield response
-        finally:
-            response.release()
+        # Without a shorter bound, the session's own timeouts are the answer timeout: a
+        # connection within ``connect``, then no read (the headers' first) waiting longer
+        # than ``sock_read`` = ``answer_timeout``; no timer of the broker's own.
+        within = None
+        if answer_within is not None and answer_within < self._answer_timeout:
+            within = answer_within
+        url = URL(self._base + path_qs, encoded=True)
+        duration = self._metrics.upstream_duration(model)
+        return Exchange(self._session, method, url, kwargs, within, duration, self.failure)
 
     async def read(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body of ``response``; a broken or late body is ``BadGateway`` or
         ``GatewayTimeout`` like any other upstream failure."""
-        with self._failures():
+        try:
             return await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self.failure(exc) from None
 
     async def read_head(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
         """The body of ``response`` as far as it is read: all of it when it fits in
@@ -118,13 +118,15 @@ class CubeClient:
             return b""
         chunks: list[bytes] = []
         size = 0
-        with self._failures():
+        try:
             while size <= limit:
                 chunk = await response.content.readany()
                 if not chunk:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self.failure(exc) from None
         return b"".join(chunks)
 
     async def relay(
@@ -169,21 +171,20 @@ class CubeClient:
         await response.write_eof()
         return response
 
-    @contextlib.contextmanager
-    def _failures(self) -> Iterator[None]:
+    def failure(self, exc: Exception) -> Exception:
         """The one mapping of upstream failures: no answer in time is ``GatewayTimeout``,
-        an unreachable or misbehaving Cube ``BadGateway``; each is counted by kind."""
-        try:
-            yield
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        an unreachable or misbehaving Cube ``BadGateway``; each is counted by kind. Any
+        other exception is returned as it is."""
+        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
             self._metrics.upstream_errors.labels("timeout").inc()
-            raise GatewayTimeout() from None
-        except aiohttp.ClientConnectorError:
+            return GatewayTimeout()
+        if isinstance(exc, aiohttp.ClientConnectorError):
             self._metrics.upstream_errors.labels("connect").inc()
-            raise BadGateway("Cube is unreachable.") from None
-        except aiohttp.ClientError:
+            return BadGateway("Cube is unreachable.")
+        if isinstance(exc, aiohttp.ClientError):
             self._metrics.upstream_errors.labels("protocol").inc()
-            raise BadGateway("Cube's answer was broken.") from None
+            return BadGateway("Cube's answer was broken.")
+        return exc
 
     async def get_json(
         self,
@@ -202,6 +203,60 @@ class CubeClient:
             return CubeAnswer(
                 resp.status, raw, resp.headers.get("Content-Type", ""), json_or_none(raw)
             )
+
+
+class Exchange:
+    """One request to Cube in flight (:meth:`CubeClient.request`): entered, the response
+    with its headers (its wait observed in ``duration``); left, the connection released.
+    A plain class, not a generator: it is on every proxied request's path."""
+
+    __slots__ = (
+        "_duration",
+        "_failure",
+        "_kwargs",
+        "_method",
+        "_response",
+        "_session",
+        "_url",
+        "_within",
+    )
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        kwargs: dict[str, Any],
+        within: float | None,
+        duration: Histogram,
+        failure: Callable[[Exception], Exception],
+    ) -> None:
+        self._session = session
+        self._method = method
+        self._url = url
+        self._kwargs = kwargs
+        self._within = within
+        self._duration = duration
+        self._failure = failure
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        started = time.perf_counter()
+        try:
+            if self._within is None:
+                response = await self._session.request(self._method, self._url, **self._kwargs)
+            else:
+                async with asyncio.timeout(self._within):
+                    response = await self._session.request(self._method, self._url, **self._kwargs)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from None
+        self._duration.observe(time.perf_counter() - started)
+        self._response = response
+        return response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.release()
 
 
 @dataclass(frozen=True, slots=True)

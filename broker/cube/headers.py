@@ -3,8 +3,6 @@ the broker's own credentials never towards Cube, Cube's CORS headers never back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from multidict import CIMultiDict, CIMultiDictProxy
 
 HOP_BY_HOP = frozenset(
@@ -48,8 +46,8 @@ def upstream_headers(
     """The caller's headers minus hop-by-hop ones, the broker's credentials and forwarding
     headers, plus the Cube token, the request ID and ``X-Forwarded-For`` (see
     :func:`broker.http.requests.forwarded_for`)."""
-    dropped = _NOT_FORWARDED | _connection_tokens(incoming)
-    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in dropped)
+    out = incoming.copy()
+    _drop(out, _NOT_FORWARDED)
     out["Authorization"] = token
     out["X-Request-Id"] = request_id
     out["X-Forwarded-For"] = forwarded_for
@@ -59,19 +57,28 @@ def upstream_headers(
 def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Cube's response headers minus hop-by-hop ones and Cube's own CORS headers (the
     broker answers CORS itself, per ``BROKER_CORS_ORIGINS``; Cube's default is ``*``)."""
-    dropped = HOP_BY_HOP | _connection_tokens(upstream)
-    return CIMultiDict(
-        (k, v)
-        for k, v in upstream.items()
-        if k.lower() not in dropped and not k.lower().startswith("access-control-")
-    )
+    out = upstream.copy()
+    _drop(out, HOP_BY_HOP, cors=True)
+    return out
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
-    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
-    return frozenset(
-        t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()
-    )
+def _drop(headers: CIMultiDict[str], names: frozenset[str], *, cors: bool = False) -> None:
+    """Remove, in place and every occurrence, the headers named in ``names`` (lower case),
+    those ``Connection`` lists, which are hop-by-hop too (RFC 9110 §7.6.1), and with
+    ``cors`` every ``Access-Control-*`` one."""
+    listed: frozenset[str] | tuple[()] = ()
+    if "Connection" in headers:
+        listed = frozenset(
+            t.strip().lower() for value in headers.getall("Connection") for t in value.split(",")
+        )
+    for name in [
+        k
+        for k in headers.keys()  # noqa: SIM118  (a list: the loop below changes headers)
+        if (low := k.lower()) in names
+        or low in listed
+        or (cors and low.startswith("access-control-"))
+    ]:
+        headers.popall(name, None)
 
 
 def content_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -2,14 +2,16 @@
 ``RateLimit-*`` (SPEC §4) answer headers.
 
 All are set in ``on_response_prepare``, the one hook every answer passes through just
-before its headers are sent, streamed proxy answers and error answers included.
+before its headers are sent, streamed proxy answers and error answers included; so are a
+decision's refusal headers (:func:`broker.http.decision.name_refusal`). One hook, not one
+per concern: each costs an await on every answer.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from broker.http.decision import is_decision
+from broker.http.decision import is_decision, name_refusal
 from broker.state import RATE_LIMIT, REQUEST_ID, SETTINGS
 from broker.store import RateLimitState
 
@@ -55,6 +57,8 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     rate_limit = request.get(RATE_LIMIT)
     if rate_limit is not None:
         response.headers.update(rate_limit_headers(rate_limit))
+    if response.status >= 400 and is_decision(request.path):
+        name_refusal(response)
     origin = request.headers.get("Origin")
     allowed = request.app[SETTINGS].cors_origins
     if origin is None or not allowed:

@@ -67,10 +67,8 @@ def original_request(request: web.Request) -> tuple[str, str, str]:
     return method, decoded, target
 
 
-async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+def name_refusal(response: web.StreamResponse) -> None:
     """A decision's refusal names its status and body in headers too (see above)."""
-    if response.status < 400 or not is_decision(request.path):
-        return
     response.headers[STATUS_HEADER] = str(response.status)
     body = response.body if isinstance(response, web.Response) else None
     if isinstance(body, bytes) and body.isascii() and b"\n" not in body and b"\r" not in body:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
@@ -43,6 +42,7 @@ from broker.state import (
     MODEL_ID,
     RATE_LIMIT,
     REQUEST_ID,
+    REQUEST_IDS,
     SETTINGS,
     TOKEN_VERIFIER,
 )
@@ -99,7 +99,7 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
     """
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else secrets.token_hex(16)
+    request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else request.app[REQUEST_IDS].new()
     request[REQUEST_ID] = request_id
     status = 500
     try:
