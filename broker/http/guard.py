@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 import time
 
-from cachetools import TTLCache
-
 from broker.errors import StoreUnavailable
 from broker.store import Store
+from broker.support.memo import Bounded
 
 log = logging.getLogger("broker.guard")
 
@@ -30,7 +29,8 @@ class BruteForceGuard:
         self._store = store
         self._threshold = threshold
         self._window = window
-        self._blocked: TTLCache[str, float] = TTLCache(maxsize=100_000, ttl=window)
+        #: Blocked subjects and the monotonic time their block ends.
+        self._blocked: Bounded[str, float] = Bounded(100_000)
 
     def blocked(self, subject: str) -> float | None:
         """Seconds ``subject`` (a client address) stays blocked, or ``None``."""
@@ -47,6 +47,6 @@ class BruteForceGuard:
         except StoreUnavailable:
             return  # authentication is failing closed anyway while the store is down
         if count >= self._threshold:
-            if subject not in self._blocked:
+            if self.blocked(subject) is None:
                 log.warning("blocking %s after %d failed authentications", subject, count)
             self._blocked[subject] = time.monotonic() + left

@@ -16,11 +16,10 @@ import asyncio
 import logging
 import time
 
-from cachetools import TTLCache
-
 from broker.errors import StoreUnavailable
 from broker.keys.record import KeyRecord
 from broker.store import Store
+from broker.support.memo import Expiring
 from broker.support.single_flight import SingleFlight
 
 log = logging.getLogger("broker.keys")
@@ -40,7 +39,7 @@ class KeyCache:
         self, store: Store, *, ttl: float = 30.0, maxsize: int = 100_000, max_age: float = 0.75
     ) -> None:
         self._store = store
-        self._entries: TTLCache[str, KeyRecord | None] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._entries: Expiring[str, KeyRecord | None] = Expiring(maxsize, ttl)
         self._flights: SingleFlight[tuple[str, int], KeyRecord | None] = SingleFlight()
         self._epoch = 0
         self._max_age = max_age
@@ -72,7 +71,7 @@ class KeyCache:
         or the cache is not live."""
         if not self.live:
             return None
-        cached = self._entries.get(public_id)
+        cached = self._entries.get(public_id, None)
         return cached if isinstance(cached, KeyRecord) else None
 
     @property
@@ -87,7 +86,7 @@ class KeyCache:
 
     def invalidate(self, public_id: str) -> None:
         self._epoch += 1
-        self._entries.pop(public_id, None)
+        self._entries.pop(public_id)
 
     def clear(self) -> None:
         self._epoch += 1

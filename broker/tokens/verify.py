@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from cachetools import LRUCache, TTLCache
 
 from broker.errors import AuthFailure, Unauthorized
 from broker.keys.cache import KeyCache
 from broker.keys.record import KeyRecord
 from broker.store import Store
+from broker.support.memo import Bounded, Expiring
 from broker.support.timeutil import utcnow
 from broker.tokens.issue import ALGORITHM
 from broker.tokens.signing import SigningSecrets
@@ -49,9 +49,9 @@ class TokenVerifier:
         self._secrets = secrets
         self._store = store
         self._keys = keys
-        self._claims: LRUCache[str, TokenClaims] = LRUCache(maxsize=100_000)
-        self._owners: LRUCache[str, str] = LRUCache(maxsize=100_000)
-        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=300)
+        self._claims: Bounded[str, TokenClaims] = Bounded(100_000)
+        self._owners: Bounded[str, str] = Bounded(100_000)
+        self._unknown: Expiring[str, bool] = Expiring(100_000, 300)
 
     async def verify(self, token: str) -> tuple[TokenClaims, KeyRecord]:
         """The claims and the minting key's record of a token the broker minted and whose
