@@ -30,7 +30,7 @@ Auditor = Callable[[KeyRecord, KeyRecord], AuditEvent | None]
 CHANGE_FEED_LENGTH = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request; frozen dataclasses build 4x slower
 class RateLimitState:
     """A rate-limit bucket as :meth:`Store.hit_rate_limit` left it (SPEC §4's headers).
 

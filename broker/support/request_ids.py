@@ -17,4 +17,4 @@ class RequestIds:
         self._bits = random.Random(secrets.randbits(128)).getrandbits
 
     def new(self) -> str:
-        return f"{self._bits(128):032x}"
+        return self._bits(128).to_bytes(16).hex()

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
-from cachetools import LRUCache
 
 from broker.keys.record import KeyRecord
 from broker.models import SemanticModel
 from broker.store import MintedToken, Store
+from broker.support.memo import Bounded
 from broker.support.metrics import Metrics
 from broker.support.single_flight import SingleFlight
 from broker.tokens.signing import SigningSecrets
@@ -75,7 +75,7 @@ class TokenService:
         self._config = config
         self._metrics = metrics
         self._clock = clock
-        self._l1: LRUCache[str, MintedToken] = LRUCache(maxsize=maxsize)
+        self._l1: Bounded[str, MintedToken] = Bounded(maxsize)
         self._flights: SingleFlight[str, MintedToken] = SingleFlight()
 
     async def token_for(self, key: KeyRecord, model: SemanticModel) -> MintedToken:
