@@ -5,8 +5,13 @@ broker (``python -m broker serve``) with a temporary registry of the sample mode
 ``config/models/orders`` pointing at that cluster, and the real Cube server with
 ``deploy/cube/cube.js``; creates an Athena key through the admin API, mints a token and
 runs a real query through the broker, printing each step as the equivalent ``curl``
-command and the answer. Everything runs on free ports of 127.0.0.1 with throw-away
-secrets, and is stopped and removed at the end, also on errors, Ctrl-C or SIGTERM.
+command and the answer; at last Debian's Chromium opens a dashboard page on an origin of
+its own (listed in the broker's ``BROKER_CORS_ORIGINS``), which loads the same query with
+``@cubejs-client/core``'s browser bundle and the minted token and draws it as a bar
+chart, and the demo prints the bars the page reported and the path of its screenshot
+(``--screenshot``, by default ``var/demo/dashboard.png``, which is kept). Everything else
+runs on free ports of 127.0.0.1 with throw-away secrets, and is stopped and removed at
+the end, also on errors, Ctrl-C or SIGTERM.
 
 The process helpers are those of the end-to-end tests (``tests/harness/``). Run it
 through ``scripts/demo.sh``, which first installs what it needs.
@@ -14,6 +19,8 @@ through ``scripts/demo.sh``, which first installs what it needs.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import secrets
 import shutil
@@ -31,9 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.harness.broker import start_broker  # noqa: E402  (after the sys.path entry above)
+from tests.harness.browser import CHROMIUM, open_in_chromium, serve_dashboard  # noqa: E402
 from tests.harness.cube import start_cube  # noqa: E402
 from tests.harness.foreground import run_in_foreground, say  # noqa: E402
-from tests.harness.ports import free_port  # noqa: E402
+from tests.harness.ports import free_ports  # noqa: E402
 from tests.harness.postgres import ORDERS_ROWS, start_postgres  # noqa: E402
 from tests.harness.registry import write_registry  # noqa: E402
 
@@ -44,6 +52,13 @@ QUERY = {
     "dimensions": ["orders.status"],
     "order": {"orders.status": "asc"},
 }
+#: What the dashboard draws of :data:`QUERY`'s rows: a bar per status, as long as its count.
+CHART = {"dimension": "orders.status", "measure": "orders.count"}
+#: Where the dashboard's screenshot goes unless ``--screenshot`` says otherwise (``var/``
+#: is the checkout's ignored state folder; the demo's cleanup leaves it alone).
+SCREENSHOT = REPO / "var" / "demo" / "dashboard.png"
+#: The line that reports what the page drew, as JSON after it (tests/e2e/test_demo.py).
+DREW = "The page drew these bars:"
 
 
 def heading(text: str, *, first: bool = False) -> None:
@@ -78,7 +93,20 @@ def expect(status: int, answer: Any, wanted: int, what: str) -> None:
         raise RuntimeError(f"{what}: HTTP {status}: {json.dumps(answer)}")
 
 
-def demo(stack: ExitStack) -> str:
+def dashboard(token: str, cube_url: str, port: int, screenshot: Path) -> dict[str, Any]:
+    """The dashboard page served on ``port`` while Chromium opens it: what it reported."""
+
+    async def run() -> dict[str, Any]:
+        config = {"token": token, "apiUrl": cube_url, "query": QUERY, "chart": CHART}
+        async with serve_dashboard(config, [port]) as (url,):
+            seen = await open_in_chromium([url], screenshots={url: screenshot})
+        page: dict[str, Any] = seen[url]
+        return page
+
+    return asyncio.run(run())
+
+
+def demo(stack: ExitStack, screenshot: Path) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="broker-demo-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
     api_secret = secrets.token_urlsafe(32)
@@ -98,7 +126,8 @@ def demo(stack: ExitStack) -> str:
     registry = write_registry(
         workdir, postgres, models=REPO / "config" / "models", password_variable=PASSWORD_VARIABLE
     )
-    cube_port = free_port()
+    cube_port, page_port = free_ports(2)
+    page_origin = f"http://127.0.0.1:{page_port}"
     broker = start_broker(
         {
             "CUBEJS_API_SECRET": api_secret,
@@ -109,6 +138,7 @@ def demo(stack: ExitStack) -> str:
             "BROKER_CUBE_URL": f"http://127.0.0.1:{cube_port}",
             "BROKER_LOG_FORMAT": "json",
             "BROKER_SHUTDOWN_GRACE": "2",
+            "BROKER_CORS_ORIGINS": page_origin,
             PASSWORD_VARIABLE: postgres.password,
         },
         workdir,
@@ -193,8 +223,40 @@ def demo(stack: ExitStack) -> str:
         f"--data-urlencode 'query={json.dumps(QUERY)}'   # repeat while Continue wait",
         {"data": result["data"]},
     )
+
+    heading("8. A dashboard in Chromium: @cubejs-client/core in a page, at cube_url with TOKEN")
+    if not CHROMIUM.exists():
+        say(
+            f"Skipped: Debian's Chromium ({CHROMIUM}) is not installed;"
+            " `WITH_BROWSER=1 bash scripts/setup.sh` (as root) installs it."
+        )
+        return "done."
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    seen = dashboard(token, minted["cube_url"], page_port, screenshot)
+    outcome = seen["outcome"]
+    if "chart" not in outcome:
+        raise RuntimeError(f"the dashboard page drew nothing: {json.dumps(seen)}")
+    say(
+        f"{page_origin}/ (listed in BROKER_CORS_ORIGINS) loads the query of step 7 with the"
+        f" browser bundle and draws {CHART['measure']} by {CHART['dimension']};"
+        f" its title: {seen['title']!r}",
+        f"{DREW} {json.dumps(outcome['chart'])}",
+        f"Screenshot (kept): {screenshot}",
+    )
     return "done."
 
 
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        default=SCREENSHOT,
+        help=f"where to save the dashboard's PNG screenshot (default: {SCREENSHOT})",
+    )
+    screenshot: Path = parser.parse_args().screenshot.resolve()
+    return run_in_foreground(lambda stack: demo(stack, screenshot), name="demo")
+
+
 if __name__ == "__main__":
-    sys.exit(run_in_foreground(demo, name="demo"))
+    sys.exit(main())

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs playwright-core, which tests/e2e/browser_load.js uses to drive Debian's Chromium
+# Installs playwright-core, which tests/harness/browser_load.js uses to drive Debian's Chromium
 # (/usr/bin/chromium, from WITH_TEST_SERVICES=1 scripts/setup.sh), from the npm registry
 # into a cache folder outside the repository, and prints that folder (its node_modules
 # holds playwright-core). Idempotent and offline once installed: the folder is keyed by

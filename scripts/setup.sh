@@ -2,9 +2,9 @@
 # Installs what the broker and its tests need on a fresh Debian machine, idempotently:
 # Debian packages that are missing (when root), then a virtualenv in .venv with the
 # package and its test extras. WITH_LOCAL_STACK=1 adds PostgreSQL, Node.js and npm (for
-# scripts/run.sh and make demo); WITH_TEST_SERVICES=1 those and redis-server (and
-# kubectl and Chromium, for the tests). Re-running it is cheap: pip runs only when
-# pyproject.toml changed since the last install.
+# scripts/run.sh and make demo); WITH_BROWSER=1 Debian's Chromium (for the end of make
+# demo); WITH_TEST_SERVICES=1 all of those and redis-server (and kubectl, for the tests).
+# Re-running it is cheap: pip runs only when pyproject.toml changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +33,11 @@ if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   # Debian ships it only in the full prometheus package (about 19 MB); in a container its
   # service is not started, on a machine with systemd `systemctl disable --now prometheus`.
   have promtool || [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
-  # Debian's Chromium, which tests/e2e/test_browser.py drives through playwright-core
-  # (scripts/install-browser.sh) to see CORS as a browser enforces it.
+fi
+if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_BROWSER:-0}" = 1 ]; then
+  # Debian's Chromium, which tests/e2e/test_browser.py and the end of make demo drive
+  # through playwright-core (scripts/install-browser.sh): CORS as a browser enforces it,
+  # and the demo's dashboard.
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 fi
 if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_LOCAL_STACK:-0}" = 1 ]; then
@@ -42,6 +45,9 @@ if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_LOCAL_STACK:-0}" = 1 ]; then
   # (Debian keeps initdb off PATH) and the real Cube server, which
   # scripts/install-cube.sh fetches with npm.
   have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+fi
+if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_LOCAL_STACK:-0}" = 1 ] || [ "${WITH_BROWSER:-0}" = 1 ]; then
+  # Cube and playwright-core (scripts/install-browser.sh) come from npm and run on Node.
   have node || need_apt+=(nodejs)
   have npm || need_apt+=(npm)
 fi

@@ -29,6 +29,7 @@ from tests.harness.ports import free_port
 from tests.harness.process import HTTPProcess
 from tests.harness.settings import make_settings
 from tests.helpers import Client
+from tests.test_rate_limit_headers import NAMES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,6 +172,50 @@ async def test_refusals_come_through_with_the_brokers_status_and_body(
             assert int(answer["Retry-After"]) >= 1
     assert statuses == [401, 401, 404, 404, 405, 403, 400, 404, 200, 429]
     assert len(fake.seen) == 1
+
+
+def rate_limit_of(answer: Any) -> tuple[str, ...] | None:
+    """The three ``RateLimit-*`` values nginx passed on, each exactly once, or ``None``
+    when it sent none of them."""
+    counts = [len(answer.getall(name, [])) for name in NAMES]
+    if counts == [0, 0, 0]:
+        return None
+    assert counts == [1, 1, 1], dict(zip(NAMES, counts, strict=True))
+    return tuple(answer[name] for name in NAMES)
+
+
+async def test_the_brokers_rate_limit_headers_come_through(
+    broker: Client, nginx: HTTPProcess, fake: FakeCube, session: aiohttp.ClientSession
+) -> None:
+    """SPEC §4 through nginx: the decision's ``RateLimit-*`` on Cube's answers (of any
+    status) and on the broker's 429, with ``Retry-After``; none for a key without a limit."""
+    limited, _ = await create_key(broker, rate_limit_per_minute=3)
+    unlimited, _ = await create_key(broker)
+    by_key = {"X-API-KEY": limited, "X-Semantic-Model": "orders"}
+    token = await token_of(broker, limited)  # counted: 2 left
+    fake.answer_headers = {"RateLimit-Limit": "1000"}  # Cube's own would be hidden
+    status, _, answer = await call(
+        session, "GET", nginx.url + LOAD, headers={"Authorization": token}
+    )
+    assert (status, rate_limit_of(answer)) == (200, ("3", "1", "40"))
+    fake.status, fake.body = 400, {"error": "Unknown member"}  # Cube's own refusal
+    status, _, answer = await call(session, "GET", nginx.url + LOAD, headers=by_key)
+    assert (status, rate_limit_of(answer)) == (400, ("3", "0", "60"))
+    status, body, answer = await call(session, "GET", nginx.url + LOAD, headers=by_key)
+    assert (status, rate_limit_of(answer)) == (429, ("3", "0", "60"))
+    assert json.loads(body)["error"] == "rate_limited"
+    assert 1 <= int(answer["Retry-After"]) <= 20
+    assert len(fake.seen) == 2
+
+    fake.status, fake.answer_headers = 200, {}
+    for headers in (
+        {"X-API-KEY": unlimited, "X-Semantic-Model": "orders"},
+        {"Authorization": await token_of(broker, unlimited)},
+        {"Authorization": "garbage"},  # nobody authenticated
+    ):
+        status, _, answer = await call(session, "GET", nginx.url + LOAD, headers=headers)
+        assert status in (200, 401)
+        assert rate_limit_of(answer) is None, (status, dict(answer))
 
 
 async def test_what_nginx_answers_itself_is_json(

@@ -1,16 +1,20 @@
 // A real browser against the broker: Debian's Chromium, driven by playwright-core (from
 // scripts/install-browser.sh), opens each page of PAGE_URLS, a page on an origin of its
 // own that loads @cubejs-client/core's browser bundle and writes the outcome of a load()
-// into its #outcome element (see tests/e2e/test_browser.py). Run by that test.
+// into its #outcome element (tests/harness/dashboard.html), and optionally saves a
+// screenshot of it. Run by tests/harness/browser.py (for tests/e2e/test_browser.py and
+// the end of make demo).
 //
 // Input (environment):
 //   PLAYWRIGHT_INSTALL_DIR  the folder whose node_modules holds playwright-core
 //   CHROMIUM                the Chromium executable (/usr/bin/chromium)
 //   PAGE_URLS               the pages to open, a JSON list
 //   PAGE_TIMEOUT_MS         how long a page may take to write its outcome
-// Output: one JSON line {"<url>": {"outcome": <the page's JSON or null>, "console": [...],
-// "failed": [{"url", "error"}...]}, ...}; on a failure of the script itself, a line on
-// stderr and exit code 1.
+//   SCREENSHOTS             optional, a JSON object {"<url>": "<PNG path>"}: the page's
+//                           screenshot, taken once its outcome is written
+// Output: one JSON line {"<url>": {"outcome": <the page's JSON or null>, "title": ...,
+// "console": [...], "failed": [{"url", "error"}...]}, ...}; on a failure of the script
+// itself, a line on stderr and exit code 1.
 'use strict';
 
 const { createRequire } = require('module');
@@ -24,8 +28,8 @@ function required(name) {
   return value;
 }
 
-async function visit(browser, url, timeout) {
-  const context = await browser.newContext();
+async function visit(browser, url, timeout, screenshot) {
+  const context = await browser.newContext({ viewport: { width: 720, height: 360 } });
   try {
     const page = await context.newPage();
     const consoleLines = [];
@@ -38,7 +42,15 @@ async function visit(browser, url, timeout) {
     await page.goto(url, { timeout });
     const outcome = page.locator('#outcome[data-done]');
     await outcome.waitFor({ state: 'attached', timeout });
-    return { outcome: JSON.parse(await outcome.textContent()), console: consoleLines, failed };
+    if (screenshot) {
+      await page.screenshot({ path: screenshot, type: 'png', timeout });
+    }
+    return {
+      outcome: JSON.parse(await outcome.textContent()),
+      title: await page.title(),
+      console: consoleLines,
+      failed,
+    };
   } finally {
     await context.close();
   }
@@ -49,6 +61,7 @@ async function main() {
   const { chromium } = fromInstall('playwright-core');
   const urls = JSON.parse(required('PAGE_URLS'));
   const timeout = Number(required('PAGE_TIMEOUT_MS'));
+  const screenshots = JSON.parse(process.env.SCREENSHOTS || '{}');
   // launch() gives Chromium a fresh profile (--user-data-dir) of its own and removes it.
   const browser = await chromium.launch({
     executablePath: required('CHROMIUM'),
@@ -66,7 +79,7 @@ async function main() {
   try {
     const out = {};
     for (const url of urls) {
-      out[url] = await visit(browser, url, timeout);
+      out[url] = await visit(browser, url, timeout, screenshots[url]);
     }
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } finally {
