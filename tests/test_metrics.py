@@ -18,6 +18,7 @@ from broker.errors import StoreUnavailable
 from broker.settings import Settings
 from broker.state import BODIES, REGISTRY, STORE
 from broker.store import KeyChanges
+from broker.support.metrics import Metrics
 from tests.harness import DATA
 from tests.harness.keys import create_key
 from tests.harness.served import Served, read_answer, serve
@@ -212,3 +213,28 @@ async def test_models_last_reload_and_reload_failures(registry_client: Client) -
 
     await wait_until(reloaded)
     assert await failures(1)
+
+
+def test_request_histograms_count_each_observation_in_its_bucket() -> None:
+    """A bucket counts what is at most its bound, cumulatively, like Prometheus's own."""
+    metrics = Metrics()
+    for seconds in (0.0005, 0.00051, 0.3, 100.0):
+        metrics.observe_request("public", "/x", "GET", 200, seconds)
+    metrics.observe_request("public", "/x", "BREW", 418, 0.1)
+    text = metrics.render().decode()
+    labels = {"listener": "public", "route": "/x"}
+    bucket = "broker_request_duration_seconds_bucket"
+    assert [sample(text, bucket, le=le, **labels) for le in ("0.0005", "0.001", "0.5", "60.0")] == [
+        1,
+        2,
+        4,
+        4,
+    ]
+    assert sample(text, bucket, le="+Inf", **labels) == 5
+    assert sample(text, "broker_request_duration_seconds_sum", **labels) == pytest.approx(100.40101)
+    counted = {"method": "GET", "status": "200", **labels}
+    assert sample(text, "broker_requests_total", **counted) == 4
+    assert (
+        sample(text, "broker_requests_total", **{**counted, "method": "OTHER", "status": "418"})
+        == 1
+    )

@@ -13,12 +13,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Histogram
 from yarl import URL
 
 from broker.errors import BadGateway, GatewayTimeout
 from broker.settings import Settings
-from broker.support.metrics import Metrics
+from broker.support.metrics import Metrics, Observer
 
 log = logging.getLogger("broker.proxy")
 
@@ -228,7 +227,7 @@ class Exchange:
         url: URL,
         kwargs: dict[str, Any],
         within: float | None,
-        duration: Histogram,
+        duration: Observer,
         failure: Callable[[Exception], Exception],
     ) -> None:
         self._session = session

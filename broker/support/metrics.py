@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
@@ -10,13 +11,17 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from broker import __version__
@@ -43,7 +48,7 @@ _LATENCY_BUCKETS = (
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-_M = TypeVar("_M", Counter, Histogram)
+_M = TypeVar("_M", bound=Counter)
 
 
 class _Bound(Generic[_M]):
@@ -59,6 +64,66 @@ class _Bound(Generic[_M]):
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
+
+class _Tally(Collector):
+    """A labelled counter, or with ``buckets`` a labelled histogram, kept in plain dicts
+    and lists and exported when Prometheus scrapes: for what every request updates.
+
+    prometheus_client's own take a lock and walk the buckets in Python on every update;
+    these are only ever updated and read on the event loop's thread (the ``/metrics``
+    handler scrapes there too), so a dict lookup and a bisection do."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...] = ()
+    ) -> None:
+        self._name = name
+        self._doc = documentation
+        self._labels = labels
+        self._bounds = buckets
+        self._les = [*(repr(float(b)) for b in buckets), "+Inf"]
+        self._counts: dict[tuple[str, ...], int] = {}
+        #: per label values: the count in each bucket (the last: above every bound), sum
+        self._observed: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def inc(self, values: tuple[str, ...]) -> None:
+        self._counts[values] = self._counts.get(values, 0) + 1
+
+    def observe(self, values: tuple[str, ...], seconds: float) -> None:
+        seen = self._observed.get(values)
+        if seen is None:
+            seen = self._observed[values] = ([0] * (len(self._bounds) + 1), [0.0])
+        seen[0][bisect.bisect_left(self._bounds, seconds)] += 1
+        seen[1][0] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._bounds:
+            counter = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+            for values, count in self._counts.items():
+                counter.add_metric(list(values), count)
+            return [counter]
+        histogram = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
+        for values, (counts, total) in self._observed.items():
+            cumulative, running = [], 0
+            for le, count in zip(self._les, counts, strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            histogram.add_metric(list(values), cumulative, total[0])
+        return [histogram]
+
+
+class Observer:
+    """One labelled child of a :class:`_Tally` histogram (what ``Histogram.labels()`` is
+    to prometheus_client's own)."""
+
+    __slots__ = ("_tally", "_values")
+
+    def __init__(self, tally: _Tally, values: tuple[str, ...]) -> None:
+        self._tally = tally
+        self._values = values
+
+    def observe(self, seconds: float) -> None:
+        self._tally.observe(self._values, seconds)
 
 
 class KeyFeed(Protocol):
@@ -98,7 +163,6 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -106,28 +170,23 @@ class Metrics:
         Gauge(
             "broker_build_info", "The broker's version; always 1.", ["version"], registry=r
         ).labels(__version__).set(1)
-        self.requests = Counter(
-            "broker_requests_total",
-            "HTTP requests answered.",
-            ["listener", "route", "method", "status"],
-            registry=r,
+        self._requests = _Tally(
+            "broker_requests", "HTTP requests answered.", ["listener", "route", "method", "status"]
         )
-        self.request_duration = Histogram(
+        self._request_duration = _Tally(
             "broker_request_duration_seconds",
             "Time to answer a request.",
             ["listener", "route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.upstream_duration = _Bound(
-            Histogram(
-                "broker_upstream_duration_seconds",
-                "Time Cube took to start its answer, by semantic model.",
-                ["model"],
-                buckets=_LATENCY_BUCKETS,
-                registry=r,
-            )
+        self._upstream_duration = _Tally(
+            "broker_upstream_duration_seconds",
+            "Time Cube took to start its answer, by semantic model.",
+            ["model"],
+            _LATENCY_BUCKETS,
         )
+        for tally in (self._requests, self._request_duration, self._upstream_duration):
+            r.register(tally)
         self.tokens_minted = _Bound(
             Counter(
                 "broker_tokens_minted_total",
@@ -174,19 +233,15 @@ class Metrics:
     def observe_request(
         self, listener: str, route: str, method: str, status: int, seconds: float
     ) -> None:
-        """Count and time one answered request; labelled children are looked up once."""
+        """Count and time one answered request."""
         if method not in _METHODS:
             method = "OTHER"  # clients choose methods: keep the label set bounded
-        key = (listener, route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(listener, route, method, str(status)),
-                self.request_duration.labels(listener, route),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._requests.inc((listener, route, method, str(status)))
+        self._request_duration.observe((listener, route), seconds)
+
+    def upstream_duration(self, model: str) -> Observer:
+        """The upstream duration of ``model``'s calls, to ``observe``."""
+        return Observer(self._upstream_duration, (model,))
 
     def follow_key_feed(self, feed: KeyFeed) -> None:
         """Export the key cache's change feed: its age, computed at each scrape, and the
