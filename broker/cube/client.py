@@ -140,13 +140,16 @@ class CubeClient:
         (the part of the body already read), then the rest as it arrives, never held
         whole. Cube breaking off mid-answer is counted and the caller's connection closed
         (it cannot get a clean error any more); the caller hanging up just ends the copy."""
+        if upstream.content.at_eof():
+            # A short answer read whole: headers and body leave in one write (a prepared
+            # StreamResponse would send its headers apart, a system call more).
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=head
+            )
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         await response.prepare(request)
-        if upstream.content.at_eof():
-            await response.write_eof(head)  # a short answer read whole: one write
-            return response
         if head:
             await response.write(head)
         while True:
