@@ -1,6 +1,7 @@
 """The broker on the Redis that replicated deployments run (SPEC §2, §9): two replicas on
-a real Cluster, an acknowledged key surviving the SIGKILL of a Sentinel master, TLS with a
-client certificate, and the password read from a file at every reconnect.
+a real Cluster, an acknowledged key surviving the SIGKILL of a Sentinel master and of a
+Cluster master, a change no replica acknowledged reported as ``store_unavailable``, TLS
+with a client certificate, and the password read from a file at every reconnect.
 
 The store contract itself runs on Cluster and Sentinel in ``tests/test_store_contract.py``.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +23,17 @@ from broker.store import open_store
 from broker.store.redis_connect import RedisOptions
 from tests.harness.keys import add_key, create_key
 from tests.harness.redis import start_redis
-from tests.harness.redis_cluster import ClusterServers
+from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
 from tests.harness.redis_sentinel import start_redis_sentinel
 from tests.harness.redis_tls import TlsFiles, make_tls_material, start_tls_redis
 from tests.harness.settings import make_settings
 from tests.harness.waiting import wait_until
-from tests.helpers import ADMIN, TOKEN_PATH, AiohttpClient, Client, from_ip
+from tests.helpers import ADMIN, TOKEN_PATH, AiohttpClient, Client, assert_error, from_ip
 
 pytestmark = pytest.mark.timeout(120)
+
+#: A key in the slot of every key record (``{k}``), whose master the key writes wait on.
+RECORDS_SLOT = "broker:{k}:keys"
 
 
 async def replicas_on(aiohttp_client: AiohttpClient, url: str, n: int = 2) -> list[Client]:
@@ -109,6 +114,77 @@ def test_an_acknowledged_key_survives_the_sigkill_of_its_sentinel_master(tmp_pat
                 await store.close()
 
         assert asyncio.run(scenario()) < 15
+
+
+@pytest.fixture
+def cluster_to_crash() -> Iterator[ClusterServers]:
+    """A private three-master Cluster with a replica per master, for a test that kills one."""
+    with start_redis_cluster(replicas_per_master=1) as cluster:
+        yield cluster
+
+
+async def test_an_acknowledged_key_survives_the_sigkill_of_its_cluster_master(
+    aiohttp_client: AiohttpClient, cluster_to_crash: ClusterServers
+) -> None:
+    cluster = cluster_to_crash
+    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    made = [await create_key(a, name=f"k{n}") for n in range(20)]  # each answered 201
+    old = cluster.slot_master(RECORDS_SLOT)
+    cluster.kill(old)  # at once: no time for anything but WAIT
+    killed = time.monotonic()
+    failover = await asyncio.to_thread(cluster.wait_for_failover, old, RECORDS_SLOT, 30)
+    print(f"\ncluster failover: the slot's new master after {failover:.2f} s")
+    started = time.monotonic()
+    while True:
+        resp = await a.post(
+            "/admin/api-keys", json={"name": "after", "rights": ["semantic_model.*"]}, headers=ADMIN
+        )
+        if resp.status == 201:
+            break
+        await assert_error(resp, 503, "store_unavailable")
+        assert time.monotonic() - started < 15, "no writes 15 s after promotion"
+        await asyncio.sleep(0.1)
+    writes_again = time.monotonic() - started
+    print(
+        f"writes again {writes_again:.2f} s after the promotion was seen "
+        f"({time.monotonic() - killed:.2f} s after the kill)"
+    )
+    (b,) = await replicas_on(aiohttp_client, cluster.url, 1)  # nothing cached in memory
+    for plaintext, _ in made:
+        assert (await b.post(TOKEN_PATH, headers={"X-API-KEY": plaintext})).status == 200
+    assert writes_again < 15
+
+
+async def test_a_change_no_cluster_replica_acknowledged_is_store_unavailable(
+    aiohttp_client: AiohttpClient, redis_cluster_replicated: ClusterServers
+) -> None:
+    cluster = redis_cluster_replicated
+    cluster.flushall()
+    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    await create_key(a, name="before")
+    replicas = cluster.replicas_of(cluster.slot_master(RECORDS_SLOT))
+    assert replicas, "the slot's master has no replica"
+    for port in replicas:
+        cluster.server(port).pause()
+    try:
+        resp = await a.post(
+            "/admin/api-keys",
+            json={"name": "unacknowledged", "rights": ["semantic_model.*"]},
+            headers=ADMIN,
+        )
+        await assert_error(resp, 503, "store_unavailable")
+    finally:
+        for port in replicas:
+            cluster.server(port).resume()
+    started = time.monotonic()
+    while (
+        await a.post(
+            "/admin/api-keys", json={"name": "after", "rights": ["semantic_model.*"]}, headers=ADMIN
+        )
+    ).status != 201:
+        assert time.monotonic() - started < 10, "no acknowledged writes after the resume"
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(cluster.wait_until_ok)
 
 
 @pytest.fixture
