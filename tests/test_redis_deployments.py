@@ -34,6 +34,8 @@ pytestmark = pytest.mark.timeout(120)
 
 #: A key in the slot of every key record (``{k}``), whose master the key writes wait on.
 RECORDS_SLOT = "broker:{k}:keys"
+#: A key to create through the admin API.
+_KEY_BODY = {"name": "k", "rights": ["semantic_model.*"]}
 
 
 async def replicas_on(aiohttp_client: AiohttpClient, url: str, n: int = 2) -> list[Client]:
@@ -136,9 +138,7 @@ async def test_an_acknowledged_key_survives_the_sigkill_of_its_cluster_master(
     print(f"\ncluster failover: the slot's new master after {failover:.2f} s")
     started = time.monotonic()
     while True:
-        resp = await a.post(
-            "/admin/api-keys", json={"name": "after", "rights": ["semantic_model.*"]}, headers=ADMIN
-        )
+        resp = await a.post("/admin/api-keys", json=_KEY_BODY, headers=ADMIN)
         if resp.status == 201:
             break
         await assert_error(resp, 503, "store_unavailable")
@@ -169,7 +169,7 @@ async def test_a_change_no_cluster_replica_acknowledged_is_store_unavailable(
     try:
         resp = await a.post(
             "/admin/api-keys",
-            json={"name": "unacknowledged", "rights": ["semantic_model.*"]},
+            json=_KEY_BODY,
             headers=ADMIN,
         )
         await assert_error(resp, 503, "store_unavailable")
@@ -177,13 +177,35 @@ async def test_a_change_no_cluster_replica_acknowledged_is_store_unavailable(
         for port in replicas:
             cluster.server(port).resume()
     started = time.monotonic()
-    while (
-        await a.post(
-            "/admin/api-keys", json={"name": "after", "rights": ["semantic_model.*"]}, headers=ADMIN
-        )
-    ).status != 201:
+    while (await a.post("/admin/api-keys", json=_KEY_BODY, headers=ADMIN)).status != 201:
         assert time.monotonic() - started < 10, "no acknowledged writes after the resume"
         await asyncio.sleep(0.05)
+    await asyncio.to_thread(cluster.wait_until_ok)
+
+
+async def test_a_write_redirected_by_a_cluster_failover_is_unavailable_then_rediscovered(
+    aiohttp_client: AiohttpClient, redis_cluster_replicated: ClusterServers
+) -> None:
+    cluster = redis_cluster_replicated
+    cluster.flushall()
+    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    await create_key(a, name="before")
+    old = cluster.slot_master(RECORDS_SLOT)
+    (replica,) = cluster.replicas_of(old)
+    with cluster.server(replica).client() as promoted:
+        promoted.execute_command("CLUSTER", "FAILOVER")  # graceful: nothing is lost
+
+    def demoted() -> bool:
+        with cluster.server(old).client() as client:
+            return bool(client.info("replication")["role"] == "slave")
+
+    await wait_until(demoted, 10)
+    # the broker still sends the write to the old master, which answers MOVED: never
+    # resent elsewhere (its WAIT would count nothing), reported unavailable
+    resp = await a.post("/admin/api-keys", json=_KEY_BODY, headers=ADMIN)
+    await assert_error(resp, 503, "store_unavailable")
+    # and the next write finds the new master, and waits for its replica, the old one
+    await create_key(a, name="after")
     await asyncio.to_thread(cluster.wait_until_ok)
 
 
