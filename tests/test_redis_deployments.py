@@ -22,6 +22,7 @@ from broker.keys.verify import KeyVerifier
 from broker.store import open_store
 from broker.store.redis_connect import RedisOptions
 from tests.harness.keys import add_key, create_key
+from tests.harness.ports import free_port
 from tests.harness.redis import start_redis
 from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
 from tests.harness.redis_sentinel import start_redis_sentinel
@@ -207,6 +208,16 @@ async def test_a_write_redirected_by_a_cluster_failover_is_unavailable_then_redi
     # and the next write finds the new master, and waits for its replica, the old one
     await create_key(a, name="after")
     await asyncio.to_thread(cluster.wait_until_ok)
+
+
+async def test_a_cluster_no_node_of_which_answers_is_unavailable() -> None:
+    store = open_store(f"redis+cluster://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.ping()
+        assert "127.0.0.1" not in str(refused.value)
+    finally:
+        await store.close()
 
 
 @pytest.fixture

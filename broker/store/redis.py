@@ -67,7 +67,7 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.errors import StoreUnavailable
 from broker.keys.audit import AuditEvent
@@ -599,7 +599,9 @@ class RedisStore(Store):
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
     """Turn every failure to reach Redis into ``StoreUnavailable``; the message names the
-    error class only (driver messages carry addresses).
+    error class only (driver messages carry addresses). That includes redis-py's
+    ``RedisClusterException``, which is no ``RedisError``: a Cluster client whose discovery
+    reaches no node, or finds slots uncovered mid-failover, raises it.
 
     redis-py can swallow a cancellation that lands mid-command (it reconnects and retries,
     or reports a connection error). Cancellation must win, or a cancelled background loop
@@ -607,7 +609,7 @@ def _unavailable() -> Iterator[None]:
     """
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         if _cancelling():
             raise asyncio.CancelledError from exc
         raise StoreUnavailable(f"The Redis store does not answer ({type(exc).__name__}).") from exc
