@@ -9,6 +9,7 @@ The store contract itself runs on Cluster and Sentinel in ``tests/test_store_con
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,11 @@ import pytest
 from broker.app import create_app
 from broker.errors import StoreUnavailable
 from broker.keys.cache import KeyCache
+from broker.keys.record import KeyRecord
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
 from broker.store.redis_connect import RedisOptions
-from tests.harness.keys import add_key, create_key
+from tests.harness.keys import add_key, create_key, make_record
 from tests.harness.ports import free_port
 from tests.harness.redis import start_redis
 from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
@@ -119,6 +121,10 @@ def test_an_acknowledged_key_survives_the_sigkill_of_its_sentinel_master(tmp_pat
         assert asyncio.run(scenario()) < 15
 
 
+def _count_up(record: KeyRecord) -> KeyRecord:
+    return dataclasses.replace(record, request_count=record.request_count + 1)
+
+
 @pytest.fixture
 def cluster_to_crash() -> Iterator[ClusterServers]:
     """A private three-master Cluster with a replica per master, for a test that kills one."""
@@ -182,6 +188,39 @@ async def test_a_change_no_cluster_replica_acknowledged_is_store_unavailable(
         assert time.monotonic() - started < 10, "no acknowledged writes after the resume"
         await asyncio.sleep(0.05)
     await asyncio.to_thread(cluster.wait_until_ok)
+
+
+async def test_concurrent_waited_writes_on_a_cluster_lose_nothing(
+    redis_cluster_replicated: ClusterServers,
+) -> None:
+    cluster = redis_cluster_replicated
+    cluster.flushall()
+    master = cluster.server(cluster.slot_master(RECORDS_SLOT))
+
+    def waits() -> int:
+        with master.client() as client:
+            return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+    before = waits()
+    store, other = open_store(cluster.url), open_store(cluster.url)
+    try:
+        record = make_record()
+        await store.insert_key(record)
+        start = await store.key_changes(None)
+        results = await asyncio.gather(
+            *(s.update_key(record.id, _count_up) for s in (store, other) for _ in range(15))
+        )
+        final = await other.get_key(record.id)
+        assert final is not None and final.version == record.version + 30
+        versions = sorted(r.version for r in results if r is not None)
+        assert versions == list(range(record.version + 1, record.version + 31))
+        changes = await other.key_changes(start.seq)
+        assert changes.public_ids == (record.public_id,) * 30
+    finally:
+        await store.close()
+        await other.close()
+    # every write that won waited on the slot's master (the insert and the 30 updates)
+    assert waits() - before >= 31
 
 
 async def test_a_write_redirected_by_a_cluster_failover_is_unavailable_then_rediscovered(
