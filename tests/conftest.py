@@ -70,6 +70,17 @@ def redis_cluster() -> Iterator[ClusterServers]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_replicated() -> Iterator[ClusterServers]:
+    """A private three-master Redis Cluster with a replica per master (the broker's key
+    writes there wait for a replica), started on first use. A test that pauses a node
+    resumes it and waits until the cluster is whole again. Not a kind of the store
+    contract (``every_store``): its waited writes are tested in
+    ``tests/test_redis_deployments.py``, for the suite's time."""
+    with start_redis_cluster(replicas_per_master=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[SentinelDeployment]:
     """A private Sentinel deployment (a master, a replica, three sentinels)."""
     with start_redis_sentinel() as deployment:

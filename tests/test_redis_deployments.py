@@ -1,6 +1,7 @@
 """The broker on the Redis that replicated deployments run (SPEC §2, §9): two replicas on
-a real Cluster, an acknowledged key surviving the SIGKILL of a Sentinel master, TLS with a
-client certificate, and the password read from a file at every reconnect.
+a real Cluster, an acknowledged key surviving the SIGKILL of a Sentinel master and of a
+Cluster master, a change no replica acknowledged reported as ``store_unavailable``, TLS
+with a client certificate, and the password read from a file at every reconnect.
 
 The store contract itself runs on Cluster and Sentinel in ``tests/test_store_contract.py``.
 """
@@ -8,7 +9,9 @@ The store contract itself runs on Cluster and Sentinel in ``tests/test_store_con
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,19 +19,26 @@ import pytest
 from broker.app import create_app
 from broker.errors import StoreUnavailable
 from broker.keys.cache import KeyCache
+from broker.keys.record import KeyRecord
 from broker.keys.verify import KeyVerifier
 from broker.store import open_store
 from broker.store.redis_connect import RedisOptions
-from tests.harness.keys import add_key, create_key
+from tests.harness.keys import add_key, create_key, make_record
+from tests.harness.ports import free_port
 from tests.harness.redis import start_redis
-from tests.harness.redis_cluster import ClusterServers
+from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
 from tests.harness.redis_sentinel import start_redis_sentinel
 from tests.harness.redis_tls import TlsFiles, make_tls_material, start_tls_redis
 from tests.harness.settings import make_settings
 from tests.harness.waiting import wait_until
-from tests.helpers import ADMIN, TOKEN_PATH, AiohttpClient, Client, from_ip
+from tests.helpers import ADMIN, TOKEN_PATH, AiohttpClient, Client, assert_error, from_ip
 
 pytestmark = pytest.mark.timeout(120)
+
+#: A key in the slot of every key record (``{k}``), whose master the key writes wait on.
+RECORDS_SLOT = "broker:{k}:keys"
+#: A key to create through the admin API.
+_KEY_BODY = {"name": "k", "rights": ["semantic_model.*"]}
 
 
 async def replicas_on(aiohttp_client: AiohttpClient, url: str, n: int = 2) -> list[Client]:
@@ -109,6 +119,144 @@ def test_an_acknowledged_key_survives_the_sigkill_of_its_sentinel_master(tmp_pat
                 await store.close()
 
         assert asyncio.run(scenario()) < 15
+
+
+def _count_up(record: KeyRecord) -> KeyRecord:
+    return dataclasses.replace(record, request_count=record.request_count + 1)
+
+
+@pytest.fixture
+def cluster_to_crash() -> Iterator[ClusterServers]:
+    """A private three-master Cluster with a replica per master, for a test that kills one."""
+    with start_redis_cluster(replicas_per_master=1) as cluster:
+        yield cluster
+
+
+async def test_an_acknowledged_key_survives_the_sigkill_of_its_cluster_master(
+    aiohttp_client: AiohttpClient, cluster_to_crash: ClusterServers
+) -> None:
+    cluster = cluster_to_crash
+    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    made = [await create_key(a, name=f"k{n}") for n in range(20)]  # each answered 201
+    old = cluster.slot_master(RECORDS_SLOT)
+    cluster.kill(old)  # at once: no time for anything but WAIT
+    killed = time.monotonic()
+    failover = await asyncio.to_thread(cluster.wait_for_failover, old, RECORDS_SLOT, 30)
+    print(f"\ncluster failover: the slot's new master after {failover:.2f} s")
+    started = time.monotonic()
+    while True:
+        resp = await a.post("/admin/api-keys", json=_KEY_BODY, headers=ADMIN)
+        if resp.status == 201:
+            break
+        await assert_error(resp, 503, "store_unavailable")
+        assert time.monotonic() - started < 15, "no writes 15 s after promotion"
+        await asyncio.sleep(0.1)
+    writes_again = time.monotonic() - started
+    print(
+        f"writes again {writes_again:.2f} s after the promotion was seen "
+        f"({time.monotonic() - killed:.2f} s after the kill)"
+    )
+    (b,) = await replicas_on(aiohttp_client, cluster.url, 1)  # nothing cached in memory
+    for plaintext, _ in made:
+        assert (await b.post(TOKEN_PATH, headers={"X-API-KEY": plaintext})).status == 200
+    assert writes_again < 15
+
+
+async def test_a_change_no_cluster_replica_acknowledged_is_store_unavailable(
+    aiohttp_client: AiohttpClient, redis_cluster_replicated: ClusterServers
+) -> None:
+    cluster = redis_cluster_replicated
+    cluster.flushall()
+    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    await create_key(a, name="before")
+    replicas = cluster.replicas_of(cluster.slot_master(RECORDS_SLOT))
+    assert replicas, "the slot's master has no replica"
+    for port in replicas:
+        cluster.server(port).pause()
+    try:
+        resp = await a.post(
+            "/admin/api-keys",
+            json=_KEY_BODY,
+            headers=ADMIN,
+        )
+        await assert_error(resp, 503, "store_unavailable")
+    finally:
+        for port in replicas:
+            cluster.server(port).resume()
+    started = time.monotonic()
+    while (await a.post("/admin/api-keys", json=_KEY_BODY, headers=ADMIN)).status != 201:
+        assert time.monotonic() - started < 10, "no acknowledged writes after the resume"
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(cluster.wait_until_ok)
+
+
+async def test_concurrent_waited_writes_on_a_cluster_lose_nothing(
+    redis_cluster_replicated: ClusterServers,
+) -> None:
+    cluster = redis_cluster_replicated
+    cluster.flushall()
+    master = cluster.server(cluster.slot_master(RECORDS_SLOT))
+
+    def waits() -> int:
+        with master.client() as client:
+            return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+    before = waits()
+    store, other = open_store(cluster.url), open_store(cluster.url)
+    try:
+        record = make_record()
+        await store.insert_key(record)
+        start = await store.key_changes(None)
+        results = await asyncio.gather(
+            *(s.update_key(record.id, _count_up) for s in (store, other) for _ in range(15))
+        )
+        final = await other.get_key(record.id)
+        assert final is not None and final.version == record.version + 30
+        versions = sorted(r.version for r in results if r is not None)
+        assert versions == list(range(record.version + 1, record.version + 31))
+        changes = await other.key_changes(start.seq)
+        assert changes.public_ids == (record.public_id,) * 30
+    finally:
+        await store.close()
+        await other.close()
+    # every write that won waited on the slot's master (the insert and the 30 updates)
+    assert waits() - before >= 31
+
+
+async def test_a_write_redirected_by_a_cluster_failover_is_unavailable_then_rediscovered(
+    aiohttp_client: AiohttpClient, redis_cluster_replicated: ClusterServers
+) -> None:
+    cluster = redis_cluster_replicated
+    cluster.flushall()
+    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    await create_key(a, name="before")
+    old = cluster.slot_master(RECORDS_SLOT)
+    (replica,) = cluster.replicas_of(old)
+    with cluster.server(replica).client() as promoted:
+        promoted.execute_command("CLUSTER", "FAILOVER")  # graceful: nothing is lost
+
+    def demoted() -> bool:
+        with cluster.server(old).client() as client:
+            return bool(client.info("replication")["role"] == "slave")
+
+    await wait_until(demoted, 10)
+    # the broker still sends the write to the old master, which answers MOVED: never
+    # resent elsewhere (its WAIT would count nothing), reported unavailable
+    resp = await a.post("/admin/api-keys", json=_KEY_BODY, headers=ADMIN)
+    await assert_error(resp, 503, "store_unavailable")
+    # and the next write finds the new master, and waits for its replica, the old one
+    await create_key(a, name="after")
+    await asyncio.to_thread(cluster.wait_until_ok)
+
+
+async def test_a_cluster_no_node_of_which_answers_is_unavailable() -> None:
+    store = open_store(f"redis+cluster://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.ping()
+        assert "127.0.0.1" not in str(refused.value)
+    finally:
+        await store.close()
 
 
 @pytest.fixture

@@ -31,9 +31,19 @@ in two steps: its ``jti`` first (in ``{k}``), then the set-if-absent of the cach
 its own slot); a replica that loses the race deletes the ``jti`` it wrote (its token is
 never handed out).
 
-Durability: where the deployment has replicas (Sentinel; a single server that reports
-connected replicas), every key write is followed by ``WAIT 1`` on the same connection, and
-a write no replica acknowledged in time is ``StoreUnavailable``, never reported done.
+Durability: where the deployment has replicas (Sentinel; a single server, or on Cluster
+the master owning the ``{k}`` slot, that reports connected replicas, asked at most every
+10 s), every key write is followed by ``WAIT 1`` on the same connection, and a write no
+replica acknowledged in time is ``StoreUnavailable``, never reported done. ``WAIT`` counts
+only what its own connection wrote, so the pair must never be split: on one server or
+Sentinel a pipeline sends both; on Cluster they go as one batch straight to the slot's
+master (``ClusterNode.execute_pipeline``: one connection, no retry, no redirection), since
+redis-py's cluster pipeline, on a ``MOVED`` or a lost connection, would resend the script
+alone elsewhere or route the ``WAIT`` to another node, and a ``WAIT`` on a connection that
+wrote nothing answers at once with the replica count, a false acknowledgement. Such a
+failure (a failover under way) is ``StoreUnavailable`` and makes the next call rediscover
+the slots and ask the new master about its replicas (a promoted replica may have none:
+its writes then go unwaited, as on a single server without replicas).
 
 The client connects lazily, with short timeouts and a single immediate retry (which
 replaces a pooled connection killed by a Redis restart), and every exchange is bounded as
@@ -55,8 +65,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.errors import StoreUnavailable
 from broker.keys.audit import AuditEvent
@@ -253,8 +264,9 @@ class RedisStore(Store):
         self._call_timeout = call_timeout or (0.6 if self._target.kind == SINGLE else 1.5)
         self._wait_ms = max(1, int(wait_timeout * 1000))
         self._replicas_checked_at = -math.inf
-        self._has_replicas = self._target.replicated
+        self._has_replicas = False
         self._undiscovered = self._target.kind == CLUSTER
+        self._stale = False
         self._discovery = asyncio.Lock()
         self._closed = False
 
@@ -275,12 +287,19 @@ class RedisStore(Store):
     async def _discovered(self) -> None:
         """A Cluster client learns the slots once, before anything else: redis-py's asyncio
         cluster client, discovering them on many concurrent first commands at once, may
-        hand a command a connection still being opened (``writelines`` of ``None``)."""
+        hand a command a connection still being opened (``writelines`` of ``None``); and
+        again after a waited write failed (:meth:`_topology_changed`), which redis-py
+        does not see since those bypass its redirection handling."""
         if self._undiscovered:
             async with self._discovery:
                 if self._undiscovered:
                     await self._redis.initialize()
                     self._undiscovered = False
+        if self._stale and isinstance(self._redis, RedisCluster):
+            async with self._discovery:
+                if self._stale:
+                    await self._redis.nodes_manager.initialize()
+                    self._stale = False
 
     def _k(self, *parts: str) -> str:
         """A key in the ``{k}`` slot: records, their indexes, the feed, the ``jti`` index."""
@@ -296,31 +315,77 @@ class RedisStore(Store):
         if not await self._replicated():
             async with self._call():
                 return await script(keys=keys, args=args)
+        if isinstance(self._redis, RedisCluster):
+            return await self._write_on_cluster(self._redis, script, keys, args)
         async with self._call(), self._redis.pipeline(transaction=False) as pipe:
-            # redis-py queues a script on a pipeline (loading it first if need be);
-            # its annotation names only clients
-            await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            # redis-py queues a script on a pipeline (loading it first if need be)
+            await script(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", 1, self._wait_ms)
             result, acknowledged = await pipe.execute()
-        if int(acknowledged) < 1:
-            raise StoreUnavailable(
-                "No Redis replica acknowledged the change in time; it may not be durable."
-            )
-        return result
+        return _acknowledged(result, acknowledged)
+
+    async def _write_on_cluster(
+        self, cluster: RedisCluster, script: AsyncScript, keys: list[str], args: list[str | int]
+    ) -> Any:
+        """The script (``EVAL`` with its source: no ``NOSCRIPT`` to recover from, on a
+        path only admin changes take) and ``WAIT`` as one batch on one connection to the
+        master of the keys' slot, and nothing resent: any failure, a ``MOVED`` included,
+        is ``StoreUnavailable`` and the next call rediscovers the topology."""
+        commands = [
+            PipelineCommand(0, "EVAL", script.script, len(keys), *keys, *args),
+            PipelineCommand(1, "WAIT", 1, self._wait_ms),
+        ]
+        async with self._call():
+            try:
+                await self._slot_master(cluster).execute_pipeline(commands)
+            except BaseException:
+                self._topology_changed()
+                raise
+            result, acknowledged = (command.result for command in commands)
+            for outcome in (result, acknowledged):
+                if isinstance(outcome, Exception):
+                    self._topology_changed()
+                    raise outcome
+        return _acknowledged(result, acknowledged)
+
+    def _slot_master(self, cluster: RedisCluster) -> ClusterNode:
+        """The master owning the ``{k}`` slot, as the client last discovered it."""
+        node = cluster.get_node_from_key(self._k("keys"))
+        assert node is not None  # without replica=True, the master or SlotNotCoveredError
+        return node
+
+    def _topology_changed(self) -> None:
+        """After a failed exchange with a Cluster: rediscover the slots before the next
+        call, and ask the (maybe new) master about its replicas again."""
+        self._stale = True
+        self._replicas_checked_at = -math.inf
 
     async def _replicated(self) -> bool:
-        """Whether writes wait for a replica: always on Sentinel; on one server, while it
-        reports connected replicas (asked at most every 10 s). A Cluster's writes go
-        unwaited: its client cannot send WAIT on the connection that wrote."""
-        if self._target.kind != SINGLE:
-            return self._has_replicas
+        """Whether writes wait for a replica: always on Sentinel; on one server, or on a
+        Cluster the master owning ``{k}``, while it reports connected replicas (asked at
+        most every 10 s)."""
+        if self._target.replicated:
+            return True
         now = time.monotonic()
         if now - self._replicas_checked_at > 10:
             async with self._call():
-                info = await self._redis.info("replication")
+                info = await self._replication_info()
             self._has_replicas = int(info.get("connected_slaves", 0)) > 0
             self._replicas_checked_at = now
         return self._has_replicas
+
+    async def _replication_info(self) -> dict[str, Any]:
+        if not isinstance(self._redis, RedisCluster):
+            info: dict[str, Any] = await self._redis.info("replication")
+            return info
+        try:
+            reply: dict[str, Any] = await self._slot_master(self._redis).execute_command(
+                "INFO", "replication"
+            )
+        except BaseException:
+            self._topology_changed()
+            raise
+        return reply
 
     async def ping(self) -> None:
         async with self._call():
@@ -543,7 +608,9 @@ class RedisStore(Store):
 @contextlib.contextmanager
 def _unavailable() -> Iterator[None]:
     """Turn every failure to reach Redis into ``StoreUnavailable``; the message names the
-    error class only (driver messages carry addresses).
+    error class only (driver messages carry addresses). That includes redis-py's
+    ``RedisClusterException``, which is no ``RedisError``: a Cluster client whose discovery
+    reaches no node, or finds slots uncovered mid-failover, raises it.
 
     redis-py can swallow a cancellation that lands mid-command (it reconnects and retries,
     or reports a connection error). Cancellation must win, or a cancelled background loop
@@ -551,12 +618,21 @@ def _unavailable() -> Iterator[None]:
     """
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         if _cancelling():
             raise asyncio.CancelledError from exc
         raise StoreUnavailable(f"The Redis store does not answer ({type(exc).__name__}).") from exc
     if _cancelling():
         raise asyncio.CancelledError
+
+
+def _acknowledged(result: Any, acknowledged: Any) -> Any:
+    """``result`` once ``WAIT`` said a replica holds the write, else ``StoreUnavailable``."""
+    if int(acknowledged) < 1:
+        raise StoreUnavailable(
+            "No Redis replica acknowledged the change in time; it may not be durable."
+        )
+    return result
 
 
 def _event_args(event: AuditEvent | None) -> list[str | int]:

@@ -159,6 +159,50 @@ class ClusterServers(Stoppable):
                     ports.append(server.port)
         return ports
 
+    def slot_master(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot, as the first running node that
+        answers says (``CLUSTER KEYSLOT``, ``CLUSTER SLOTS``)."""
+        for server in self._running():
+            try:
+                with server.client() as client:
+                    slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+                    ranges = client.execute_command("CLUSTER", "SLOTS")
+            except redis.exceptions.RedisError:
+                continue
+            for start, end, master, *_replicas in ranges:
+                if int(start) <= slot <= int(end):
+                    return int(master[1])
+        raise RuntimeError(f"no running node names the master of {key!r}")
+
+    def replicas_of(self, port: int) -> list[int]:
+        """The ports of the replicas connected to the master on ``port`` (its ``INFO
+        replication``)."""
+        with self._servers[port].client() as client:
+            info = client.info("replication")
+        return [
+            int(value["port"])
+            for name, value in info.items()
+            if name.startswith("slave") and isinstance(value, dict)
+        ]
+
+    def wait_for_failover(self, old_master: int, key: str, timeout: float) -> float:
+        """Bounded polling until the cluster is whole again (:meth:`wait_until_ok`'s test)
+        with ``key``'s slot served by a master other than ``old_master``; returns the
+        seconds it took. ``RuntimeError`` with the logs' tails after ``timeout`` s."""
+        started = time.monotonic()
+        while True:
+            try:
+                if self._whole() and self.slot_master(key) != old_master:
+                    return time.monotonic() - started
+            except (RuntimeError, redis.exceptions.RedisError):
+                pass
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(
+                    f"no failover of {old_master} within {timeout} s:\n{self._state()}\n"
+                    + self.logs_tail()
+                )
+            time.sleep(POLL_INTERVAL)
+
     def server(self, port: int) -> RedisServer:
         """The node on ``port`` (its ``client()``, ``pause()``, ``restart()``, …)."""
         return self._servers[port]
