@@ -25,7 +25,7 @@ from broker.store import open_store
 from broker.store.redis_connect import RedisOptions
 from tests.harness.keys import add_key, create_key, make_record
 from tests.harness.ports import free_port
-from tests.harness.redis import start_redis
+from tests.harness.redis import RedisServer, start_redis
 from tests.harness.redis_cluster import ClusterServers, start_redis_cluster
 from tests.harness.redis_sentinel import start_redis_sentinel
 from tests.harness.redis_tls import TlsFiles, make_tls_material, start_tls_redis
@@ -331,3 +331,27 @@ def test_no_password_reaches_an_error_or_a_log(caplog: pytest.LogCaptureFixture)
 
 def _base() -> dict[str, str]:
     return {"CUBEJS_API_SECRET": "s" * 40, "BROKER_CALLBACK_SECRET": "c" * 20}
+
+
+async def test_a_write_retried_after_a_lost_reply_is_a_write_of_its_own(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried key write that finds itself already done (its reply was lost) writes
+    again, so the ``WAIT`` on the retry's connection covers the first write too: without
+    that, it would count the replicas at once, for a write none may hold yet."""
+    redis_server.flushall()
+    monkeypatch.setattr("broker.store.redis.secrets.token_hex", lambda _: "one-nonce")
+    store = open_store(redis_server.url)
+    try:
+        record = make_record()
+        await store.insert_key(record)
+
+        def writes() -> int:
+            return int(redis_server.client().info("persistence")["rdb_changes_since_last_save"])
+
+        before = writes()
+        await store.insert_key(record)  # the same write, retried: found done, no error
+        assert writes() > before
+        assert await store.find_key(record.public_id) == record
+    finally:
+        await store.close()

@@ -116,6 +116,11 @@ local function append_event()
 end
 """
 
+# A write retried after a lost reply that finds itself already done writes its nonce
+# again: the retry's connection then has a write of its own, later in
+# the replication stream than the first, so the WAIT that follows on it covers both;
+# without one, that WAIT would count replicas at once, for a write none may hold yet.
+
 # KEYS[3] = key:{id}, KEYS[4] = pub:{public_id}, KEYS[5] = keys.
 # ARGV[3] = doc, ARGV[4] = version, ARGV[5] = id, ARGV[6] = sort_key, ARGV[7] = nonce.
 # Returns 1 when inserted (or when this very insert already was), 0 on a duplicate.
@@ -123,7 +128,10 @@ _INSERT = (
     _APPEND_EVENT
     + """
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  if redis.call('HGET', KEYS[3], 'writer') == ARGV[7] then return 1 end
+  if redis.call('HGET', KEYS[3], 'writer') == ARGV[7] then
+    redis.call('HSET', KEYS[3], 'writer', ARGV[7])  -- a retry's own write (above)
+    return 1
+  end
   return 0
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
@@ -146,7 +154,10 @@ _COMPARE_AND_SET = (
 local current = redis.call('HGET', KEYS[3], 'version')
 if not current then return -1 end
 if current ~= ARGV[3] then
-  if current == ARGV[5] and redis.call('HGET', KEYS[3], 'writer') == ARGV[6] then return 1 end
+  if current == ARGV[5] and redis.call('HGET', KEYS[3], 'writer') == ARGV[6] then
+    redis.call('HSET', KEYS[3], 'writer', ARGV[6])  -- a retry's own write (above)
+    return 1
+  end
   return 0
 end
 redis.call('HSET', KEYS[3], 'doc', ARGV[4], 'version', ARGV[5], 'writer', ARGV[6])
