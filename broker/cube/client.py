@@ -17,7 +17,7 @@ from yarl import URL
 
 from broker.errors import BadGateway, GatewayTimeout
 from broker.settings import Settings
-from broker.support.metrics import Metrics, Observer
+from broker.support.metrics import Child, Metrics
 
 log = logging.getLogger("broker.proxy")
 
@@ -230,7 +230,7 @@ class Exchange:
         url: URL,
         kwargs: dict[str, Any],
         within: float | None,
-        duration: Observer,
+        duration: Child,
         failure: Callable[[Exception], Exception],
     ) -> None:
         self._session = session

@@ -54,7 +54,10 @@ async def generate_token(request: web.Request) -> web.Response:
     record, model = await authorized_model(request, TOKEN_CREATE)
     token = await request.app[TOKENS].token_for(record, model)
     body = _token_answer(request.app[SETTINGS].public_url, token.token, token.expires_at)
-    return web.Response(body=body, content_type="application/json", headers=NO_STORE)
+    return web.Response(body=body, headers=_TOKEN_ANSWER_HEADERS)
+
+
+_TOKEN_ANSWER_HEADERS = {"Content-Type": "application/json", **NO_STORE}
 
 
 @functools.lru_cache(maxsize=4096)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.errors import AuthFailure
-from broker.support.timeutil import from_iso, to_iso
+from broker.support.timeutil import from_iso, to_iso, utcnow
 
 #: Fields of the public record, in the order the admin API shows them (SPEC §4).
 PUBLIC_FIELDS = (
@@ -81,14 +81,14 @@ class KeyRecord:
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def refusal(self, now: datetime) -> AuthFailure | None:
-        """Why this key may not be used at all now (revoked, inactive, expired), or
-        ``None``."""
+    def refusal(self, now: datetime | None = None) -> AuthFailure | None:
+        """Why this key may not be used at all ``now`` (revoked, inactive, expired), or
+        ``None``; without ``now``, the clock is read only for a key that can expire."""
         if self.revoked_at is not None:
             return AuthFailure.REVOKED
         if not self.is_active:
             return AuthFailure.INACTIVE
-        if self.is_expired(now):
+        if self.expires_at is not None and self.is_expired(now or utcnow()):
             return AuthFailure.EXPIRED
         return None
 

@@ -49,15 +49,14 @@ class KeyVerifier:
         record = await self._cache.get(parsed.public_id)
         if record is None:
             raise Unauthorized(AuthFailure.UNKNOWN)
-        now = utcnow()
         if not self._secret_matches(record, parsed.secret) and not (
             record.previous_secret_digest is not None
             and record.previous_secret_expires_at is not None
-            and record.previous_secret_expires_at > now
+            and record.previous_secret_expires_at > utcnow()
             and verify_secret(parsed.secret, record.previous_secret_digest)
         ):
             raise Unauthorized(AuthFailure.WRONG_SECRET)
-        refusal = record.refusal(now)
+        refusal = record.refusal()
         if refusal is not None:
             raise Unauthorized(refusal)
         return record
@@ -68,7 +67,7 @@ class KeyVerifier:
         the key is still usable. For the brute-force guard, which must not ask the store."""
         parsed = parse_key(presented)
         record = self._cache.peek(parsed.public_id) if parsed is not None else None
-        if parsed is None or record is None or record.refusal(utcnow()) is not None:
+        if parsed is None or record is None or record.refusal() is not None:
             return False
         memo = self._verified.get(record.id)
         fingerprint = hashlib.sha256(parsed.secret.encode()).digest()

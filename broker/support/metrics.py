@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,23 +48,6 @@ _LATENCY_BUCKETS = (
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-_M = TypeVar("_M", bound=Counter)
-
-
-class _Bound(Generic[_M]):
-    """The labelled children of one metric, each bound once: ``labels()`` takes a lock and
-    checks its arguments on every call, a dictionary lookup does not."""
-
-    def __init__(self, metric: _M) -> None:
-        self._metric: _M = metric
-        self._children: dict[tuple[str, ...], _M] = {}
-
-    def __call__(self, *values: str) -> _M:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
-
 
 class _Tally(Collector):
     """A labelled counter, or with ``buckets`` a labelled histogram, kept in plain dicts
@@ -85,6 +68,14 @@ class _Tally(Collector):
         self._counts: dict[tuple[str, ...], int] = {}
         #: per label values: the count in each bucket (the last: above every bound), sum
         self._observed: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        self._children: dict[tuple[str, ...], Child] = {}
+
+    def child(self, *values: str) -> Child:
+        """The child of these label values, made once (what ``labels()`` gives)."""
+        found = self._children.get(values)
+        if found is None:
+            found = self._children[values] = Child(self, values)
+        return found
 
     def inc(self, values: tuple[str, ...]) -> None:
         self._counts[values] = self._counts.get(values, 0) + 1
@@ -112,15 +103,18 @@ class _Tally(Collector):
         return [histogram]
 
 
-class Observer:
-    """One labelled child of a :class:`_Tally` histogram (what ``Histogram.labels()`` is
-    to prometheus_client's own)."""
+class Child:
+    """One labelled child of a :class:`_Tally` (what ``labels()`` is to prometheus_client's
+    own metrics): ``inc`` for a counter, ``observe`` for a histogram."""
 
     __slots__ = ("_tally", "_values")
 
     def __init__(self, tally: _Tally, values: tuple[str, ...]) -> None:
         self._tally = tally
         self._values = values
+
+    def inc(self) -> None:
+        self._tally.inc(self._values)
 
     def observe(self, seconds: float) -> None:
         self._tally.observe(self._values, seconds)
@@ -179,42 +173,43 @@ class Metrics:
             ["listener", "route"],
             _LATENCY_BUCKETS,
         )
-        self._upstream_duration = _Tally(
+        upstream_duration = _Tally(
             "broker_upstream_duration_seconds",
             "Time Cube took to start its answer, by semantic model.",
             ["model"],
             _LATENCY_BUCKETS,
         )
-        for tally in (self._requests, self._request_duration, self._upstream_duration):
+        tokens_minted = _Tally(
+            "broker_tokens_minted", "Tokens minted by this replica, by semantic model.", ["model"]
+        )
+        token_cache_hits = _Tally(
+            "broker_token_cache_hits",
+            "Token requests served from a cache (this replica's or the store's), by model.",
+            ["model"],
+        )
+        for tally in (
+            self._requests,
+            self._request_duration,
+            upstream_duration,
+            tokens_minted,
+            token_cache_hits,
+        ):
             r.register(tally)
-        self.tokens_minted = _Bound(
-            Counter(
-                "broker_tokens_minted_total",
-                "Tokens minted by this replica, by semantic model.",
-                ["model"],
-                registry=r,
-            )
-        )
-        self.token_cache_hits = _Bound(
-            Counter(
-                "broker_token_cache_hits_total",
-                "Token requests served from a cache (this replica's or the store's), by model.",
-                ["model"],
-                registry=r,
-            )
-        )
+        #: By model: ``.observe(seconds)``, ``.inc()``.
+        self.upstream_duration = upstream_duration.child
+        self.tokens_minted = tokens_minted.child
+        self.token_cache_hits = token_cache_hits.child
         self.auth_failures = Counter(
             "broker_auth_failures_total", "Refused authentications.", ["reason"], registry=r
         )
-        self.rate_limited = _Bound(
-            Counter(
-                "broker_rate_limited_total",
-                "Requests refused with 429, by cause: key_limit (the key's rate limit), "
-                "brute_force (the guard), body_memory (the bound on bodies in memory).",
-                ["cause"],
-                registry=r,
-            )
+        rate_limited = _Tally(
+            "broker_rate_limited",
+            "Requests refused with 429, by cause: key_limit (the key's rate limit), "
+            "brute_force (the guard), body_memory (the bound on bodies in memory).",
+            ["cause"],
         )
+        r.register(rate_limited)
+        self.rate_limited = rate_limited.child
         self.store_errors = Counter(
             "broker_store_errors_total", "Store calls that failed.", registry=r
         )
@@ -238,10 +233,6 @@ class Metrics:
             method = "OTHER"  # clients choose methods: keep the label set bounded
         self._requests.inc((listener, route, method, str(status)))
         self._request_duration.observe((listener, route), seconds)
-
-    def upstream_duration(self, model: str) -> Observer:
-        """The upstream duration of ``model``'s calls, to ``observe``."""
-        return Observer(self._upstream_duration, (model,))
 
     def follow_key_feed(self, feed: KeyFeed) -> None:
         """Export the key cache's change feed: its age, computed at each scrape, and the

@@ -23,7 +23,6 @@ from broker.keys.cache import KeyCache
 from broker.keys.record import KeyRecord
 from broker.store import Store
 from broker.support.memo import Bounded, Expiring
-from broker.support.timeutil import utcnow
 from broker.tokens.issue import ALGORITHM
 from broker.tokens.signing import SigningSecrets
 
@@ -61,7 +60,7 @@ class TokenVerifier:
         record = await self._keys.get(owner)
         if record is None:
             raise Unauthorized(AuthFailure.REVOKED_TOKEN)
-        refusal = record.refusal(utcnow())
+        refusal = record.refusal()
         if refusal is not None:
             raise Unauthorized(_TOKEN_REFUSALS[refusal])
         return claims, record
@@ -74,7 +73,7 @@ class TokenVerifier:
             return False
         owner = self._owners.get(claims.jti)
         record = self._keys.peek(owner) if owner is not None else None
-        return record is not None and record.refusal(utcnow()) is None
+        return record is not None and record.refusal() is None
 
     def _decode(self, token: str) -> TokenClaims:
         claims = self._claims.get(token)
