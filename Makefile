@@ -10,6 +10,8 @@ run:
 	bash scripts/run.sh
 demo:
 	bash scripts/demo.sh
-bench: install
+bench:
+	WITH_BENCH=1 bash scripts/setup.sh
+	bash scripts/install-cube.sh >/dev/null
 	.venv/bin/python -m bench.bench_tokens
 	.venv/bin/python -m bench.bench_proxy

@@ -3,7 +3,8 @@
 # Debian packages that are missing (when root), then a virtualenv in .venv with the
 # package and its test extras. WITH_LOCAL_STACK=1 adds PostgreSQL, Node.js and npm (for
 # scripts/run.sh and make demo); WITH_BROWSER=1 Debian's Chromium (for the end of make
-# demo); WITH_TEST_SERVICES=1 all of those and redis-server (and kubectl, for the tests).
+# demo); WITH_BENCH=1 wrk and nginx (for make bench's ladder); WITH_TEST_SERVICES=1 all
+# of those but wrk, and redis-server (and kubectl, for the tests).
 # Re-running it is cheap: pip runs only when pyproject.toml changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,16 @@ if [ "${WITH_TEST_SERVICES:-0}" = 1 ]; then
   # Debian ships it only in the full prometheus package (about 19 MB); in a container its
   # service is not started, on a machine with systemd `systemctl disable --now prometheus`.
   have promtool || [ -x /usr/bin/promtool ] || need_apt+=(prometheus)
+fi
+if [ "${WITH_BENCH:-0}" = 1 ]; then
+  # bench/bench_proxy.py's ladder: wrk drives it, nginx is two of its ways; the
+  # benchmarks start their Redis, PostgreSQL and Cube from tests/harness too.
+  have wrk || need_apt+=(wrk)
+  have nginx || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+  have redis-server || need_apt+=(redis-server)
+  have initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+  have node || need_apt+=(nodejs)
+  have npm || need_apt+=(npm)
 fi
 if [ "${WITH_TEST_SERVICES:-0}" = 1 ] || [ "${WITH_BROWSER:-0}" = 1 ]; then
   # Debian's Chromium, which tests/e2e/test_browser.py and the end of make demo drive
