@@ -3,6 +3,9 @@ the broker's own credentials never towards Cube, Cube's CORS headers never back.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 HOP_BY_HOP = frozenset(
@@ -46,8 +49,7 @@ def upstream_headers(
     """The caller's headers minus hop-by-hop ones, the broker's credentials and forwarding
     headers, plus the Cube token, the request ID and ``X-Forwarded-For`` (see
     :func:`broker.http.requests.forwarded_for`)."""
-    out = incoming.copy()
-    _drop(out, _NOT_FORWARDED)
+    out = _kept(incoming, _forwarded)
     out["Authorization"] = token
     out["X-Request-Id"] = request_id
     out["X-Forwarded-For"] = forwarded_for
@@ -57,28 +59,28 @@ def upstream_headers(
 def downstream_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Cube's response headers minus hop-by-hop ones and Cube's own CORS headers (the
     broker answers CORS itself, per ``BROKER_CORS_ORIGINS``; Cube's default is ``*``)."""
-    out = upstream.copy()
-    _drop(out, HOP_BY_HOP, cors=True)
-    return out
+    return _kept(upstream, _passed_back)
 
 
-def _drop(headers: CIMultiDict[str], names: frozenset[str], *, cors: bool = False) -> None:
-    """Remove, in place and every occurrence, the headers named in ``names`` (lower case),
-    those ``Connection`` lists, which are hop-by-hop too (RFC 9110 §7.6.1), and with
-    ``cors`` every ``Access-Control-*`` one."""
-    listed: frozenset[str] | tuple[()] = ()
-    if "Connection" in headers:
-        listed = frozenset(
-            t.strip().lower() for value in headers.getall("Connection") for t in value.split(",")
-        )
-    for name in [
-        k
-        for k in headers.keys()  # noqa: SIM118  (a list: the loop below changes headers)
-        if (low := k.lower()) in names
-        or low in listed
-        or (cors and low.startswith("access-control-"))
-    ]:
-        headers.popall(name, None)
+def _kept(headers: CIMultiDictProxy[str], keep: Callable[[str], bool]) -> CIMultiDict[str]:
+    """The headers whose name ``keep`` keeps and that ``Connection`` does not list (the
+    names it lists are hop-by-hop too, RFC 9110 §7.6.1), in order."""
+    if "Connection" not in headers:
+        return CIMultiDict([(k, v) for k, v in headers.items() if keep(k)])
+    listed = {t.strip().lower() for v in headers.getall("Connection") for t in v.split(",")}
+    return CIMultiDict([(k, v) for k, v in headers.items() if keep(k) and k.lower() not in listed])
+
+
+# A verdict per header name, remembered: the same few names come on every request.
+@functools.lru_cache(maxsize=1024)
+def _forwarded(name: str) -> bool:
+    return name.lower() not in _NOT_FORWARDED
+
+
+@functools.lru_cache(maxsize=1024)
+def _passed_back(name: str) -> bool:
+    low = name.lower()
+    return low not in HOP_BY_HOP and not low.startswith("access-control-")
 
 
 def content_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
