@@ -162,13 +162,19 @@ async def test_an_acknowledged_key_survives_the_sigkill_of_its_cluster_master(
     assert writes_again < 15
 
 
+async def _serving_a_key(aiohttp_client: AiohttpClient, cluster: ClusterServers) -> Client:
+    """A broker on the emptied ``cluster`` that made one key there (its writes work)."""
+    cluster.flushall()
+    (broker,) = await replicas_on(aiohttp_client, cluster.url, 1)
+    await create_key(broker, name="before")
+    return broker
+
+
 async def test_a_change_no_cluster_replica_acknowledged_is_store_unavailable(
     aiohttp_client: AiohttpClient, redis_cluster_replicated: ClusterServers
 ) -> None:
     cluster = redis_cluster_replicated
-    cluster.flushall()
-    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
-    await create_key(a, name="before")
+    a = await _serving_a_key(aiohttp_client, cluster)
     replicas = cluster.replicas_of(cluster.slot_master(RECORDS_SLOT))
     assert replicas, "the slot's master has no replica"
     for port in replicas:
@@ -227,9 +233,7 @@ async def test_a_write_redirected_by_a_cluster_failover_is_unavailable_then_redi
     aiohttp_client: AiohttpClient, redis_cluster_replicated: ClusterServers
 ) -> None:
     cluster = redis_cluster_replicated
-    cluster.flushall()
-    (a,) = await replicas_on(aiohttp_client, cluster.url, 1)
-    await create_key(a, name="before")
+    a = await _serving_a_key(aiohttp_client, cluster)
     old = cluster.slot_master(RECORDS_SLOT)
     (replica,) = cluster.replicas_of(old)
     with cluster.server(replica).client() as promoted:
