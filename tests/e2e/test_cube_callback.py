@@ -17,6 +17,7 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from tests.e2e.conftest import Stack
+from tests.harness.continue_wait import follow
 from tests.harness.cube import start_cube
 from tests.harness.postgres import ORDERS_COUNT, ORDERS_ROWS, ORDERS_TOTAL
 from tests.harness.process import HTTPProcess
@@ -32,19 +33,17 @@ async def cube_load(
     cube_url: str, token: str, query: dict[str, Any], within: float = 60.0
 ) -> tuple[int, dict[str, Any]]:
     """``POST /cubejs-api/v1/load``, following Cube's "Continue wait" until ``within``."""
-    deadline = time.monotonic() + within
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        while True:
-            async with session.post(
-                f"{cube_url}/cubejs-api/v1/load",
-                json={"query": query},
-                headers={"Authorization": token},
-            ) as resp:
-                body: dict[str, Any] = await resp.json(content_type=None)
-                if body.get("error") != "Continue wait":
-                    return resp.status, body
-            assert time.monotonic() < deadline, "Cube kept answering Continue wait"
-            await asyncio.sleep(0.2)
+        status, body, _ = await follow(
+            session,
+            "POST",
+            f"{cube_url}/cubejs-api/v1/load",
+            {"Authorization": token},
+            {"query": query},
+            within,
+        )
+    assert isinstance(body, dict), body
+    return status, body
 
 
 def broker_requests(broker: HTTPProcess) -> list[dict[str, Any]]:

@@ -29,9 +29,9 @@ from tests.e2e.test_through_broker import (
     assert_by_status,
     assert_totals,
     credential_headers,
-    follow,
     member_names,
 )
+from tests.harness.continue_wait import follow
 from tests.harness.http import request_json
 from tests.harness.keys import create_key_at
 from tests.harness.nginx import start_nginx

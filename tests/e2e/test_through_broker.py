@@ -29,6 +29,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from yarl import URL
 
 from tests.e2e.conftest import Stack
+from tests.harness.continue_wait import follow
 from tests.harness.cube import cube_install_dir
 from tests.harness.http import request_json
 from tests.harness.postgres import ORDERS_COUNT, ORDERS_ROWS, ORDERS_TOTAL
@@ -62,27 +63,6 @@ def credential_headers(stack: Stack, way: str) -> dict[str, str]:
     assert way == "bearer-key", way
     assert stack.athena_key.startswith("ath_")
     return {"Authorization": f"Bearer {stack.athena_key}", "X-Semantic-Model": "orders"}
-
-
-async def follow(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str | URL,
-    headers: dict[str, str],
-    body: object = None,
-    within: float = 60.0,
-) -> tuple[int, Any, aiohttp.ClientResponse]:
-    """One request, repeated while the answer is Cube's ``{"error": "Continue wait"}``
-    (bounded by ``within``): the final status, parsed body and response."""
-    deadline = time.monotonic() + within
-    while True:
-        async with session.request(method, url, headers=headers, json=body) as resp:
-            parsed = await resp.json(content_type=None)
-        if not (isinstance(parsed, dict) and parsed.get("error") == "Continue wait"):
-            return resp.status, parsed, resp
-        assert resp.status == 200, parsed
-        assert time.monotonic() < deadline, f"still Continue wait after {within} s"
-        await asyncio.sleep(0.1)
 
 
 def assert_totals(body: dict[str, Any]) -> None:
