@@ -82,12 +82,7 @@ def start_bare(body: bytes, workdir: Path) -> HTTPProcess:
     env = {**os.environ, "BENCH_PORT": str(port), "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "bench.bench_tokens", "--serve-bare", str(body_file)]
     bare = HTTPProcess("bare", argv, env=env, workdir=workdir, port=port, owns_workdir=False)
-    try:
-        bare.wait_until_answers("/healthz", 30)
-    except BaseException:
-        bare.stop()
-        raise
-    return bare
+    return bare.ready("/healthz", 30)
 
 
 # -- the bare server --------------------------------------------------------------------

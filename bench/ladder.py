@@ -140,12 +140,7 @@ def start_nginx_with(site: str, port: int, ready_path: str, ready_status: int) -
     nginx = HTTPProcess(
         "nginx", argv, env={"PATH": os.environ.get("PATH", "")}, workdir=workdir, port=port
     )
-    try:
-        nginx.wait_until_answers(ready_path, 15, status=ready_status)
-    except BaseException:
-        nginx.stop()
-        raise
-    return nginx
+    return nginx.ready(ready_path, 15, status=ready_status)
 
 
 def start_nginx_direct(upstream_url: str) -> HTTPProcess:

@@ -76,9 +76,4 @@ def launch_broker(
         admin_port=admin_port,
         internal_port=internal_port,
     )
-    try:
-        broker.wait_until_answers("/readyz", timeout)
-    except BaseException:
-        broker.stop()
-        raise
-    return broker
+    return broker.ready("/readyz", timeout)

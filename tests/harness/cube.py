@@ -118,12 +118,7 @@ def start_cube(
         port=port,
         owns_workdir=owns_workdir,
     )
-    try:
-        cube.wait_until_answers("/livez", timeout)
-    except BaseException:
-        cube.stop()
-        raise
-    return cube
+    return cube.ready("/livez", timeout)
 
 
 def start_broker_with_cube(

@@ -97,12 +97,7 @@ def start_nginx(*, broker_url: str, cube_url: str, timeout: float = 15.0) -> HTT
     argv = [executable, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
     nginx = HTTPProcess("nginx", argv, env={"PATH": os.environ.get("PATH", "")}, workdir=workdir,
                         port=port)  # fmt: skip
-    try:
-        nginx.wait_until_answers("/nginx-harness-ready", timeout, status=404)
-    except BaseException:
-        nginx.stop()
-        raise
-    return nginx
+    return nginx.ready("/nginx-harness-ready", timeout, status=404)
 
 
 def _host_port(url: str) -> str:

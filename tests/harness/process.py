@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from tests.harness.http import status_of
 from tests.harness.ports import Stoppable
@@ -72,6 +73,16 @@ class HTTPProcess(Stoppable):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} not ready within {timeout} s:\n{self.log_tail()}")
             time.sleep(0.1)
+
+    def ready(self, path: str, timeout: float, status: int = 200) -> Self:
+        """:meth:`wait_until_answers`, stopping the process when it does not answer (or the
+        wait is interrupted): nothing is left running. Returns the process."""
+        try:
+            self.wait_until_answers(path, timeout, status)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL it after ``grace`` s; then remove the folder
