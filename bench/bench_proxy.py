@@ -408,20 +408,9 @@ def run(args: argparse.Namespace) -> int:
                 body = bodies.get(name) or synthetic_body(SYNTHETIC_SIZES[name])
                 bodies[name] = body
                 (body_dir / f"{name}.json").write_bytes(body)
-            port = free_port()
-            fixed = HTTPProcess(
-                "fixed-upstream",
-                [
-                    *(sys.executable, "-m", "bench.bench_proxy", "--serve-fixed"),
-                    *(str(body_dir), "--port", str(port)),
-                ],
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-                workdir=workdir,
-                port=port,
-                owns_workdir=False,
+            fixed = serve_own(
+                stack, workdir, "fixed-upstream", "/healthz", "--serve-fixed", body_dir
             )
-            stack.callback(fixed.stop)
-            fixed.wait_until_answers("/healthz", 30)
             broker2 = start_broker(
                 broker_env(store_url, registry_path, BROKER_CUBE_URL=fixed.url, **registry_env),
                 created(workdir / "broker-fixed"),
@@ -456,6 +445,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_own(
+    stack: ExitStack, workdir: Path, name: str, ready_path: str, *argv: str | Path
+) -> HTTPProcess:
+    """One of this module's own servers (``python -m bench.bench_proxy <argv> --port N``)
+    on a free port, stopped with ``stack``; returns once ``ready_path`` answers."""
+    port = free_port()
+    server = HTTPProcess(
+        name,
+        [sys.executable, "-m", "bench.bench_proxy", *map(str, argv), "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        workdir=workdir,
+        port=port,
+        owns_workdir=False,
+    )
+    stack.callback(server.stop)
+    return server.ready(ready_path, 30)
+
+
 def climb_ladder(
     stack: ExitStack,
     args: argparse.Namespace,
@@ -469,20 +476,7 @@ def climb_ladder(
     aiohttp proxy, nginx direct and nginx with the broker deciding start beside them;
     every way must answer the upstream's very bytes first. The report's lines."""
     ladder.find_wrk()
-    port = free_port()
-    bare = HTTPProcess(
-        "bare-proxy",
-        [
-            *(sys.executable, "-m", "bench.bench_proxy", "--serve-bare-proxy", fixed.url),
-            *("--port", str(port)),
-        ],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        workdir=workdir,
-        port=port,
-        owns_workdir=False,
-    )
-    stack.callback(bare.stop)
-    bare.wait_until_answers(PATHS["meta"], 30)
+    bare = serve_own(stack, workdir, "bare-proxy", PATHS["meta"], "--serve-bare-proxy", fixed.url)
     nginx = ladder.start_nginx_direct(fixed.url)
     stack.callback(nginx.stop)
     deciding = ladder.start_nginx_deciding(broker.url, fixed.url)
