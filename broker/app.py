@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.cube.access import CubeAccess
-from broker.cube.client import CubeClient, new_session
+from broker.cube.client import CubeClient, new_upstream
 from broker.cube.meta_cache import MetaCache
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.cors import on_prepare
@@ -120,9 +120,12 @@ def wire_services(app: web.Application) -> None:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with new_session(settings) as session:
-        app[CUBE] = CubeClient(session, settings.cube_url, app[METRICS], settings.upstream_timeout)
+    upstream = new_upstream(settings)
+    app[CUBE] = CubeClient(upstream, app[METRICS], settings.upstream_timeout)
+    try:
         yield
+    finally:
+        await upstream.close()
 
 
 async def _key_change_feed(app: web.Application) -> AsyncIterator[None]:

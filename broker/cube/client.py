@@ -1,5 +1,6 @@
-"""Where Cube is spoken to: one shared ``ClientSession`` with a bounded keep-alive pool,
-and the mapping of every upstream failure to 502 or 504."""
+"""Where Cube is spoken to: one shared pool of keep-alive connections
+(:class:`broker.cube.http1.Upstream`), and the mapping of every upstream failure to 502
+or 504."""
 
 from __future__ import annotations
 
@@ -11,54 +12,41 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
-from broker.errors import BadGateway, GatewayTimeout
+from broker.cube.http1 import (
+    UnsendableRequest,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from broker.errors import BadGateway, BadRequest, GatewayTimeout
 from broker.settings import Settings
 from broker.support.metrics import Child, Metrics
 
 log = logging.getLogger("broker.proxy")
 
 
-def new_session(settings: Settings) -> aiohttp.ClientSession:
-    """The upstream session: pool of ``upstream_pool_size`` keep-alive connections; bodies
-    pass through still encoded (no auto-decompression), so bytes reach the caller as Cube
-    sent them. No cookie jar: the session is shared by every caller, so a cookie Cube set
-    for one must never ride along on another's request (it still reaches its own caller)."""
-    connector = aiohttp.TCPConnector(
-        limit=settings.upstream_pool_size, limit_per_host=0, keepalive_timeout=30
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=settings.upstream_connect_timeout,
-        sock_connect=settings.upstream_connect_timeout,
-        sock_read=settings.upstream_timeout,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+def new_upstream(settings: Settings) -> Upstream:
+    """The pool of ``upstream_pool_size`` keep-alive connections to Cube. Bodies pass
+    through still encoded, so bytes reach the caller as Cube sent them; no cookies are
+    kept (a cookie Cube set for one caller reaches that caller, never another)."""
+    return Upstream(
+        settings.cube_url,
+        size=settings.upstream_pool_size,
+        connect_timeout=settings.upstream_connect_timeout,
     )
 
 
 class CubeClient:
-    """Requests to Cube's REST API at ``base_url``; each must have its answer's headers
-    within ``answer_timeout`` seconds (a body then streams with at most that long between
-    two reads: the session's ``sock_read``)."""
+    """Requests to Cube's REST API through ``upstream``; each must have its answer's
+    headers within ``answer_timeout`` seconds, and a body then streams with at most that
+    long between two reads."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        base_url: str,
-        metrics: Metrics,
-        answer_timeout: float,
-    ) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
+    def __init__(self, upstream: Upstream, metrics: Metrics, answer_timeout: float) -> None:
+        self._upstream = upstream
         self._metrics = metrics
         self._answer_timeout = answer_timeout
 
@@ -70,46 +58,36 @@ class CubeClient:
         body: bytes | None = None,
         *,
         model: str,
-        time_limit: float | None = None,
         answer_within: float | None = None,
     ) -> Exchange:
         """One request about the semantic model ``model`` (a registry asset ID: the
         ``model`` label of the upstream duration), as ``async with`` yielding the response
         once its headers arrived; ``path_qs`` is the raw, still-encoded path and query,
         sent byte for byte. The headers must come within ``answer_within`` seconds when
-        that is shorter than the answer timeout; ``time_limit`` bounds the whole exchange,
-        body included.
+        that is shorter than the answer timeout.
 
-        Entering raises ``BadGateway`` (Cube unreachable, connection broken) or
-        ``GatewayTimeout`` (no answer in time) for failures before the headers arrived.
+        Entering raises ``BadGateway`` (Cube unreachable, connection broken),
+        ``GatewayTimeout`` (no answer in time) or ``BadRequest`` (a header that cannot be
+        sent) for failures before the headers arrived.
         """
-        kwargs: dict[str, Any] = {"headers": headers, "data": body, "allow_redirects": False}
-        if time_limit is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=time_limit,
-                connect=min(time_limit, self._session.timeout.connect or time_limit),
-            )
-        # Without a shorter bound, the session's own timeouts are the answer timeout: a
-        # connection within ``connect``, then no read (the headers' first) waiting longer
-        # than ``sock_read`` = ``answer_timeout``; no timer of the broker's own.
-        within = None
-        if answer_within is not None and answer_within < self._answer_timeout:
+        within = self._answer_timeout
+        if answer_within is not None and answer_within < within:
             within = answer_within
-        url = URL(self._base + path_qs, encoded=True)
         duration = self._metrics.upstream_duration(model)
-        return Exchange(self._session, method, url, kwargs, within, duration, self.failure)
+        request = (method, path_qs, headers, body, within)
+        return Exchange(self._upstream, request, self._answer_timeout, duration, self.failure)
 
-    async def read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def read(self, response: UpstreamResponse) -> bytes:
         """The whole body of ``response``; a broken or late body is ``BadGateway`` or
         ``GatewayTimeout`` like any other upstream failure."""
         try:
             return await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             raise self.failure(exc) from None
 
-    async def read_head(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+    async def read_head(self, response: UpstreamResponse, limit: int) -> bytes:
         """The body of ``response`` as far as it is read: all of it when it fits in
-        ``limit`` bytes (then ``response.content.at_eof()``), else a part of it or nothing
+        ``limit`` bytes (then ``response.at_eof()``), else a part of it or nothing
         (a declared length over ``limit`` is not read at all); :meth:`relay` sends the
         rest. Failures as for :meth:`read`."""
         length = response.content_length
@@ -119,19 +97,19 @@ class CubeClient:
         size = 0
         try:
             while size <= limit:
-                chunk = await response.content.readany()
+                chunk = await response.readany()
                 if not chunk:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             raise self.failure(exc) from None
         return b"".join(chunks)
 
     async def relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         headers: Mapping[str, str],
         request_id: str,
         head: bytes = b"",
@@ -140,7 +118,7 @@ class CubeClient:
         (the part of the body already read), then the rest as it arrives, never held
         whole. Cube breaking off mid-answer is counted and the caller's connection closed
         (it cannot get a clean error any more); the caller hanging up just ends the copy."""
-        if upstream.content.at_eof():
+        if upstream.at_eof():
             # A short answer read whole: headers and body leave in one write (a prepared
             # StreamResponse would send its headers apart, a system call more).
             return web.Response(
@@ -154,8 +132,8 @@ class CubeClient:
             await response.write(head)
         while True:
             try:
-                chunk = await upstream.content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                chunk = await upstream.readany()
+            except UpstreamError as exc:
                 self._metrics.upstream_errors.labels("stream").inc()
                 log.warning(
                     "Cube's answer broke off mid-stream (%s); closing the connection",
@@ -175,17 +153,20 @@ class CubeClient:
 
     def failure(self, exc: Exception) -> Exception:
         """The one mapping of upstream failures: no answer in time is ``GatewayTimeout``,
-        an unreachable or misbehaving Cube ``BadGateway``; each is counted by kind. Any
-        other exception is returned as it is."""
-        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        an unreachable or misbehaving Cube ``BadGateway``; each is counted by kind. A
+        header that cannot be sent is the caller's ``BadRequest``. Any other exception is
+        returned as it is."""
+        if isinstance(exc, (UpstreamTimeout, TimeoutError)):
             self._metrics.upstream_errors.labels("timeout").inc()
             return GatewayTimeout()
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, UpstreamUnreachable):
             self._metrics.upstream_errors.labels("connect").inc()
             return BadGateway("Cube is unreachable.")
-        if isinstance(exc, aiohttp.ClientError):
+        if isinstance(exc, UpstreamError):
             self._metrics.upstream_errors.labels("protocol").inc()
             return BadGateway("Cube's answer was broken.")
+        if isinstance(exc, UnsendableRequest):
+            return BadRequest("A header of the request cannot be forwarded.")
         return exc
 
     async def get_json(
@@ -200,11 +181,14 @@ class CubeClient:
     ) -> CubeAnswer:
         """A ``GET`` for the broker's own API, read whole within ``time_limit`` seconds."""
         headers = api_headers(token, request_id, trace=trace)
-        async with self.request("GET", path, headers, model=model, time_limit=time_limit) as resp:
-            raw = await self.read(resp)
-            return CubeAnswer(
-                resp.status, raw, resp.headers.get("Content-Type", ""), json_or_none(raw)
-            )
+        try:
+            async with asyncio.timeout(time_limit):
+                async with self.request("GET", path, headers, model=model) as resp:
+                    raw = await self.read(resp)
+        except TimeoutError:
+            raise self.failure(UpstreamTimeout()) from None
+        content_type = resp.headers.get("Content-Type", "")
+        return CubeAnswer(resp.status, raw, content_type, json_or_none(raw))
 
 
 class Exchange:
@@ -212,45 +196,31 @@ class Exchange:
     with its headers (its wait observed in ``duration``); left, the connection released.
     A plain class, not a generator: it is on every proxied request's path."""
 
-    __slots__ = (
-        "_duration",
-        "_failure",
-        "_kwargs",
-        "_method",
-        "_response",
-        "_session",
-        "_url",
-        "_within",
-    )
+    __slots__ = ("_duration", "_failure", "_read_timeout", "_request", "_response", "_upstream")
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: URL,
-        kwargs: dict[str, Any],
-        within: float | None,
+        upstream: Upstream,
+        request: tuple[str, str, Mapping[str, str], bytes | None, float],
+        read_timeout: float,
         duration: Child,
         failure: Callable[[Exception], Exception],
     ) -> None:
-        self._session = session
-        self._method = method
-        self._url = url
-        self._kwargs = kwargs
-        self._within = within
+        self._upstream = upstream
+        self._request = request
+        self._read_timeout = read_timeout
         self._duration = duration
         self._failure = failure
-        self._response: aiohttp.ClientResponse | None = None
+        self._response: UpstreamResponse | None = None
 
-    async def __aenter__(self) -> aiohttp.ClientResponse:
+    async def __aenter__(self) -> UpstreamResponse:
         started = time.perf_counter()
+        method, path_qs, headers, body, within = self._request
         try:
-            if self._within is None:
-                response = await self._session.request(self._method, self._url, **self._kwargs)
-            else:
-                async with asyncio.timeout(self._within):
-                    response = await self._session.request(self._method, self._url, **self._kwargs)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            response = await self._upstream.send(
+                method, path_qs, headers, body, head_timeout=within, read_timeout=self._read_timeout
+            )
+        except (UpstreamError, UnsendableRequest) as exc:
             raise self._failure(exc) from None
         self._duration.observe(time.perf_counter() - started)
         self._response = response

@@ -9,9 +9,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
-
 from broker.cube.client import CubeAnswer, CubeClient, api_headers, json_or_none
+from broker.cube.http1 import UpstreamResponse
 from broker.errors import BadGateway, GatewayTimeout, InvalidJSON
 
 LOAD_PATH = "/cubejs-api/v1/load"
@@ -22,7 +21,7 @@ _CONTINUE_WAIT_MAX = 64
 _CONTINUE_WAIT = {"error": "Continue wait"}
 
 
-def may_be_continue_wait(upstream: aiohttp.ClientResponse) -> bool:
+def may_be_continue_wait(upstream: UpstreamResponse) -> bool:
     """Whether this answer is short enough to be "Continue wait" (and worth reading whole
     to find out): a 200 with a small, plain body."""
     length = upstream.content_length
@@ -49,7 +48,7 @@ async def final_answer(
     *,
     model: str,
     trace: Mapping[str, str] | None = None,
-) -> AsyncIterator[tuple[aiohttp.ClientResponse, bytes]]:
+) -> AsyncIterator[tuple[UpstreamResponse, bytes]]:
     """Cube's final answer to ``query``: the response, its headers in, and the part of its
     body already read (all of it for a short answer, else nothing: the caller streams the
     rest with :meth:`CubeClient.relay`, so a large result is never held whole).

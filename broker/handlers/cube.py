@@ -48,7 +48,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         head = b""
         if kept_at is not None and upstream.status == 200:
             head = await cube.read_head(upstream, meta.max_answer)
-            whole = upstream.content.at_eof()
+            whole = upstream.at_eof()
             meta.keep(kept_at, upstream.status, upstream.headers, head, whole=whole)
         elif may_be_continue_wait(upstream):
             head = await cube.read(upstream)
