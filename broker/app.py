@@ -14,7 +14,6 @@ from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_upstream
 from broker.cube.meta_cache import MetaCache
 from broker.http.bodies import MAX_BODY, BodyBudget
-from broker.http.cors import on_prepare
 from broker.http.guard import BruteForceGuard
 from broker.http.listeners import Listeners
 from broker.http.middlewares import broker_middleware
@@ -73,7 +72,6 @@ def create_app(settings: Settings) -> web.Application:
     registry = app[REGISTRY] = RegistryWatcher(load_registry(settings.models_path))
     metrics.follow_reloads(registry)
     app[META_CACHE] = MetaCache(registry, metrics)
-    app.on_response_prepare.append(on_prepare)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_upstream)

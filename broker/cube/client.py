@@ -113,20 +113,24 @@ class CubeClient:
         headers: Mapping[str, str],
         request_id: str,
         head: bytes = b"",
+        *,
+        finish: Callable[[web.Request, web.StreamResponse], None],
     ) -> web.StreamResponse:
         """Answer ``request`` with ``upstream``'s status and ``headers``: first ``head``
         (the part of the body already read), then the rest as it arrives, never held
         whole. Cube breaking off mid-answer is counted and the caller's connection closed
         (it cannot get a clean error any more); the caller hanging up just ends the copy."""
-        if upstream.at_eof():
-            # A short answer read whole: headers and body leave in one write (a prepared
-            # StreamResponse would send its headers apart, a system call more).
+        if upstream.arrived:
+            # The whole answer is in memory already (a short one comes with its head):
+            # headers and body leave in one write, no streaming machinery.
+            body = head + upstream.take() if head else upstream.take()
             return web.Response(
-                status=upstream.status, reason=upstream.reason, headers=headers, body=head
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
+        finish(request, response)  # the middleware sees it prepared already
         await response.prepare(request)
         if head:
             await response.write(head)

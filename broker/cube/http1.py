@@ -113,6 +113,21 @@ class UpstreamResponse:
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
 
+    @property
+    def arrived(self) -> bool:
+        """Whether the whole body arrived (:meth:`take` has what is left of it)."""
+        return self._eof
+
+    def take(self) -> bytes:
+        """What of the body arrived and was not read yet, without waiting."""
+        chunk = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self._conn.resume_reading()
+        return chunk
+
     def at_eof(self) -> bool:
         """Whether the body was read to its end (nothing left, buffered or to come)."""
         return self._eof and not self._buffer
@@ -124,13 +139,7 @@ class UpstreamResponse:
         if not self._buffer and not self._eof and self._error is None:
             await self._wait()
         if self._buffer:
-            chunk = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
-            self._buffer.clear()
-            self._buffered = 0
-            if self._paused:
-                self._paused = False
-                self._conn.resume_reading()
-            return chunk
+            return self.take()
         if self._error is not None:
             raise self._error
         return b""

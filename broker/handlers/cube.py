@@ -8,6 +8,7 @@ from aiohttp import web
 from broker.cube.access import Call, required_right
 from broker.cube.headers import downstream_headers, upstream_headers
 from broker.cube.query import META_PATH, may_be_continue_wait
+from broker.http.cors import finish_answer
 from broker.http.requests import forwarded_for, proxy_credential, read_body
 from broker.state import (
     CLIENT_IP,
@@ -56,6 +57,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             # A short JSON answer, read whole: if Cube said "Continue wait", the caller's
             # next polls of this query are not counted by the rate limit.
             await access.answered(grant, head)
+        headers = downstream_headers(upstream.headers)
         return await cube.relay(
-            request, upstream, downstream_headers(upstream.headers), request[REQUEST_ID], head
+            request, upstream, headers, request[REQUEST_ID], head, finish=finish_answer
         )

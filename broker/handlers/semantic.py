@@ -12,6 +12,7 @@ from broker.cube.headers import content_headers
 from broker.cube.query import fetch_meta, final_answer
 from broker.errors import FieldError, ValidationFailed
 from broker.handlers import NO_STORE
+from broker.http.cors import finish_answer
 from broker.http.requests import key_credential, read_json_object
 from broker.keys.record import KeyRecord
 from broker.keys.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE
@@ -120,6 +121,7 @@ async def query(request: web.Request) -> web.StreamResponse:
         model=model.asset_id,
         trace=trace_headers(request.headers),
     ) as (upstream, head):
+        headers = content_headers(upstream.headers)
         return await cube.relay(
-            request, upstream, content_headers(upstream.headers), request[REQUEST_ID], head
+            request, upstream, headers, request[REQUEST_ID], head, finish=finish_answer
         )

@@ -1,10 +1,13 @@
 """CORS for browser dashboards (SPEC §8), and the ``X-Request-Id``, ``Server`` and
 ``RateLimit-*`` (SPEC §4) answer headers.
 
-All are set in ``on_response_prepare``, the one hook every answer passes through just
-before its headers are sent, streamed proxy answers and error answers included; so are a
-decision's refusal headers (:func:`broker.http.decision.name_refusal`). One hook, not one
-per concern: each costs an await on every answer.
+All are set by :func:`finish_answer` just before an answer's headers are sent: by the
+broker's middleware for every answer a handler returns (error answers included), and by
+:meth:`broker.cube.client.CubeClient.relay` for a streamed proxy answer, which it
+prepares itself; so are a decision's refusal headers
+(:func:`broker.http.decision.name_refusal`). A plain call, not aiohttp's
+``on_response_prepare`` signal: that costs an await and a loop over its receivers on
+every answer.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ PREFLIGHT_MAX_AGE = "600"
 
 
 def is_preflight(request: web.Request) -> bool:
-    """A CORS preflight: answered 204 on any path, its headers set by :func:`on_prepare`.
+    """A CORS preflight: answered 204 on any path, its headers set by :func:`finish_answer`.
     Never a decision request (:mod:`broker.http.decision`): that is a proxy asking about
     a browser's request, which the proxy's own CORS answers, not the broker's."""
     return (
@@ -49,7 +52,8 @@ def rate_limit_headers(state: RateLimitState) -> dict[str, str]:
     }
 
 
-async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+def finish_answer(request: web.Request, response: web.StreamResponse) -> None:
+    """Set the broker's own answer headers on ``response``, not yet prepared."""
     response.headers["Server"] = SERVER_NAME
     request_id = request.get(REQUEST_ID)
     if request_id is not None:

@@ -28,7 +28,7 @@ from broker.errors import (
     ValidationFailed,
 )
 from broker.errors import BadRequest as BadRequestError
-from broker.http.cors import is_preflight
+from broker.http.cors import finish_answer, is_preflight
 from broker.http.listeners import ANYWHERE, serves
 from broker.http.requests import admin_credential, client_ip, proxy_credential
 from broker.state import (
@@ -92,7 +92,8 @@ def error_response(exc: BrokerError) -> web.Response:
 async def broker_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The broker's one middleware, in this order: request ID and client address, CORS
     preflight, the brute-force guard, the handler; every error becomes SPEC §3's JSON
-    (:func:`map_error`); then metrics and one access-log line.
+    (:func:`map_error`); the answer gets the broker's headers
+    (:func:`~broker.http.cors.finish_answer`); then metrics and one access-log line.
 
     One layer rather than four: each aiohttp middleware layer costs a call chain on every
     request, and this is the proxy's hot path.
@@ -121,6 +122,8 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
         except asyncio.CancelledError:
             status = ClientClosedRequest.status  # the caller went away (handler cancellation)
             raise
+        if not response.prepared:
+            finish_answer(request, response)
         status = response.status
         return response
     finally:
