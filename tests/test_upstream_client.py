@@ -276,6 +276,25 @@ async def test_garbage_is_broken_and_its_connection_never_reused(answer: bytes) 
             await upstream.close()
 
 
+async def test_a_head_that_never_ends_is_broken_not_held() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(64):
+            writer.write(b"x" * 4096)
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    raw = Raw(endless)
+    async with raw as url:
+        upstream = pool(url)
+        try:
+            with pytest.raises(UpstreamBroken):
+                await get(upstream)
+        finally:
+            await upstream.close()
+
+
 async def test_interim_answers_are_skipped_and_a_close_delimited_body_read_to_its_end() -> None:
     async def old_school(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)

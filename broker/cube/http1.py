@@ -40,9 +40,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 #: Body bytes buffered per answer before reading from Cube pauses; reading resumes once
-#: the reader took it below :data:`LOW_WATER`.
+#: the reader took them.
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+#: Bytes an answer may take to finish its head (status line and headers); more is broken.
+HEAD_LIMIT = 64 * 1024
 #: Methods whose request carries ``Content-Length`` even without a body.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -212,6 +213,8 @@ class _Connection(asyncio.Protocol):
         self._answered = False  # a byte of the current answer arrived
         self._complete = False  # the current answer ended and keep-alive holds
         self._read_timeout = 0.0
+        self._reused = False
+        self._head_bytes = 0
         self.closed = False
         self.idle_since = 0.0
 
@@ -230,6 +233,12 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._fail(UpstreamBroken())
             self.close()
+            return
+        if self._head is not None:  # the head still not whole
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_LIMIT:
+                self._fail(UpstreamBroken())
+                self.close()
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
@@ -277,7 +286,7 @@ class _Connection(asyncio.Protocol):
             self, status, reason, headers, self._read_timeout
         )
         self._head = None
-        if head is not None and not head.done():
+        if not head.done():
             head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
@@ -299,8 +308,6 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange -----------------------------------------------------------------
 
-    _reused = False
-
     async def exchange(
         self, request: bytes, head_timeout: float, read_timeout: float, *, reused: bool
     ) -> UpstreamResponse:
@@ -313,6 +320,7 @@ class _Connection(asyncio.Protocol):
         self._interim = False
         self._answered = False
         self._complete = False
+        self._head_bytes = 0
         self._read_timeout = read_timeout
         head: asyncio.Future[UpstreamResponse] = loop.create_future()
         self._head = head
