@@ -54,6 +54,9 @@ class Listeners:
         """The request's listener; :data:`ANYWHERE` when none is bound (the test client)."""
         if not self._by_port:
             return ANYWHERE
+        port = getattr(request.protocol, "local_port", None)  # the broker's handler's
+        if port is not None:
+            return self._by_port.get(port, NOWHERE)
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         if not sockname:

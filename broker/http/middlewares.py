@@ -99,18 +99,21 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
     request, and this is the proxy's hot path.
     """
     started = time.perf_counter()
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else request.app[REQUEST_IDS].new()
-    request[REQUEST_ID] = request_id
+    app = request.app  # a property lookup through the match info: read once
+    incoming = request.headers.get("X-Request-Id")
+    if incoming and _REQUEST_ID_RE.fullmatch(incoming):
+        request[REQUEST_ID] = incoming
+    else:
+        request[REQUEST_ID] = app[REQUEST_IDS].new()
     status = 500
     try:
         try:
-            request[CLIENT_IP] = client_ip(request, request.app[SETTINGS].trusted_proxies)
+            request[CLIENT_IP] = client_ip(request, app[SETTINGS].trusted_proxies)
             if not request.raw_path.startswith("/"):
                 # An absolute-form target (``GET http://host/…``) is for a forward proxy:
                 # the broker builds nothing from it.
                 raise BadRequestError("The request target must be a path.")
-            listener = request[LISTENER] = request.app[LISTENERS].of(request)
+            listener = request[LISTENER] = app[LISTENERS].of(request)
             if is_preflight(request):
                 response: web.StreamResponse = web.Response(status=204)
             elif not serves(listener, request.path):

@@ -11,6 +11,7 @@ only the kind of refusal, and closes the connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -37,6 +38,16 @@ SERVER_OPTIONS: dict[str, Any] = {
 
 
 class _BrokerRequestHandler(RequestHandler):
+    #: The local port the connection reached, read once when it is made (a system call
+    #: per request otherwise): :meth:`broker.http.listeners.Listeners.of` reads it.
+    local_port: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            self.local_port = sockname[1]
+
     def handle_error(
         self,
         request: BaseRequest,

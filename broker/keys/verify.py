@@ -125,6 +125,8 @@ class KeyVerifier:
         except (IPNotAllowed, Forbidden) as exc:  # refused before the count: its headers
             exc.rate_limit = await self._policy.peek(record)
             raise
+        if record.rate_limit_per_minute <= 0:
+            return Permit(record)  # no limit to count: not even a coroutine for it
         return Permit(record, await self._policy.limit(record, poll))
 
     @staticmethod
