@@ -6,6 +6,7 @@ garbage)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -57,8 +58,13 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def pool(url: str, *, size: int = 4, connect_timeout: float = 2.0) -> Upstream:
-    return Upstream(url, size=size, connect_timeout=connect_timeout)
+@contextlib.asynccontextmanager
+async def pool(url: str, *, size: int = 4, connect_timeout: float = 2.0) -> AsyncIterator[Upstream]:
+    upstream = Upstream(url, size=size, connect_timeout=connect_timeout)
+    try:
+        yield upstream
+    finally:
+        await upstream.close()
 
 
 async def get(
@@ -130,8 +136,7 @@ async def test_requests_go_byte_for_byte_and_reuse_one_connection(
     echo: Echo,
 ) -> None:
     url, seen = echo.url, echo.seen
-    upstream = pool(url)
-    try:
+    async with pool(url) as upstream:
         status, body = await fetch(upstream, "/a/b?x=%3A&y=%2F", headers={"X-Mine": "v"})
         assert (status, body) == (200, b"GET /a/b?x=%3A&y=%2F 0 ")
         response = await get(upstream, "/q", method="POST", body=b'{"k": 1}')
@@ -144,31 +149,23 @@ async def test_requests_go_byte_for_byte_and_reuse_one_connection(
         assert seen[0].headers["X-Mine"] == "v"
         assert seen[0].headers["Host"] == url.removeprefix("http://")
         assert len(set(echo.peers)) == 1, "three requests share one connection"
-    finally:
-        await upstream.close()
 
 
 async def test_the_base_path_prefixes_every_request(echo: Echo) -> None:
     url = echo.url
-    upstream = pool(url + "/cube/")
-    try:
+    async with pool(url + "/cube/") as upstream:
         assert (await fetch(upstream, "/cubejs-api/v1/meta"))[
             1
         ] == b"GET /cube/cubejs-api/v1/meta 0 "
-    finally:
-        await upstream.close()
 
 
 @pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\0b"])
 async def test_a_line_break_in_a_header_refuses_the_request(echo: Echo, value: str) -> None:
     url, seen = echo.url, echo.seen
-    upstream = pool(url)
-    try:
+    async with pool(url) as upstream:
         with pytest.raises(UnsendableRequest):
             await get(upstream, headers={"X-Mine": value})
         assert seen == []
-    finally:
-        await upstream.close()
 
 
 async def test_the_pool_holds_at_most_size_connections_and_queues_the_rest() -> None:
@@ -188,29 +185,22 @@ async def test_the_pool_holds_at_most_size_connections_and_queues_the_rest() -> 
             open_now -= 1
 
     raw = Raw(slow)
-    async with raw as url:
-        upstream = pool(url, size=2)
-        try:
-            answers = await asyncio.gather(*(fetch(upstream) for _ in range(8)))
-            assert answers == [(200, b"ok")] * 8
-            assert peak == 2 and raw.connections == 2
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url, size=2) as upstream:
+        answers = await asyncio.gather(*(fetch(upstream) for _ in range(8)))
+        assert answers == [(200, b"ok")] * 8
+        assert peak == 2 and raw.connections == 2
 
 
 async def test_a_full_pool_past_the_connect_timeout_is_a_timeout(
     echo: Echo,
 ) -> None:
     url = echo.url
-    upstream = pool(url, size=1, connect_timeout=0.2)
-    try:
+    async with pool(url, size=1, connect_timeout=0.2) as upstream:
         held = await get(upstream)  # its body never read: the one connection stays busy
         with pytest.raises(UpstreamTimeout):
             await get(upstream)
         held.release()
         assert (await fetch(upstream))[0] == 200, "the place freed serves the next request"
-    finally:
-        await upstream.close()
 
 
 async def test_a_keep_alive_connection_closed_unanswered_is_retried_once_on_a_new_one() -> None:
@@ -223,14 +213,10 @@ async def test_a_keep_alive_connection_closed_unanswered_is_retried_once_on_a_ne
         await read_head(reader)  # the next request on this connection: dropped unanswered
 
     raw = Raw(one_answer_per_connection)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            assert await fetch(upstream) == (200, b"ok")
-            assert await fetch(upstream) == (200, b"ok")
-            assert raw.connections == 2
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        assert await fetch(upstream) == (200, b"ok")
+        assert await fetch(upstream) == (200, b"ok")
+        assert raw.connections == 2
 
 
 async def test_a_new_connection_closed_unanswered_is_broken_not_retried() -> None:
@@ -238,14 +224,10 @@ async def test_a_new_connection_closed_unanswered_is_broken_not_retried() -> Non
         await read_head(reader)
 
     raw = Raw(drop)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            with pytest.raises(UpstreamBroken):
-                await get(upstream)
-            assert raw.connections == 1
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        with pytest.raises(UpstreamBroken):
+            await get(upstream)
+        assert raw.connections == 1
 
 
 @pytest.mark.parametrize(
@@ -265,15 +247,11 @@ async def test_garbage_is_broken_and_its_connection_never_reused(answer: bytes) 
         await reader.read()
 
     raw = Raw(garbage)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            for _ in range(2):
-                with pytest.raises(UpstreamBroken):
-                    await get(upstream, head_timeout=1)
-            assert raw.connections == 2 and upstream._open == 0
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        for _ in range(2):
+            with pytest.raises(UpstreamBroken):
+                await get(upstream, head_timeout=1)
+        assert raw.connections == 2 and upstream._open == 0
 
 
 async def test_a_head_that_never_ends_is_broken_not_held() -> None:
@@ -286,13 +264,9 @@ async def test_a_head_that_never_ends_is_broken_not_held() -> None:
         await asyncio.sleep(5)
 
     raw = Raw(endless)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            with pytest.raises(UpstreamBroken):
-                await get(upstream)
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        with pytest.raises(UpstreamBroken):
+            await get(upstream)
 
 
 async def test_interim_answers_are_skipped_and_a_close_delimited_body_read_to_its_end() -> None:
@@ -306,17 +280,13 @@ async def test_interim_answers_are_skipped_and_a_close_delimited_body_read_to_it
             await asyncio.sleep(0.01)
 
     raw = Raw(old_school)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            response = await get(upstream)
-            assert response.status == 200 and response.content_length is None
-            assert await response.read() == b"until the end"
-            response.release()
-            assert await fetch(upstream) == (200, b"until the end")
-            assert raw.connections == 2, "a close-delimited answer's connection is not reused"
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        response = await get(upstream)
+        assert response.status == 200 and response.content_length is None
+        assert await response.read() == b"until the end"
+        response.release()
+        assert await fetch(upstream) == (200, b"until the end")
+        assert raw.connections == 2, "a close-delimited answer's connection is not reused"
 
 
 async def test_a_chunked_answer_arrives_decoded_with_its_headers() -> None:
@@ -330,18 +300,14 @@ async def test_a_chunked_answer_arrives_decoded_with_its_headers() -> None:
             await writer.drain()
 
     raw = Raw(chunked)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            response = await get(upstream)
-            assert (response.status, response.reason) == (201, "Made It")
-            assert response.headers.getall("Set-Cookie") == ["a=1", "b=2"]
-            assert await response.read() == b"hello world"
-            response.release()
-            assert await fetch(upstream) == (201, b"hello world")
-            assert raw.connections == 1
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        response = await get(upstream)
+        assert (response.status, response.reason) == (201, "Made It")
+        assert response.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+        assert await response.read() == b"hello world"
+        response.release()
+        assert await fetch(upstream) == (201, b"hello world")
+        assert raw.connections == 1
 
 
 async def test_no_head_in_time_and_no_body_in_time_are_timeouts() -> None:
@@ -353,19 +319,15 @@ async def test_no_head_in_time_and_no_body_in_time_are_timeouts() -> None:
         await asyncio.sleep(5)
 
     raw = Raw(stall)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            with pytest.raises(UpstreamTimeout):
-                await get(upstream, "/head", head_timeout=0.2)
-            response = await get(upstream, "/body", read_timeout=0.2)
-            assert await response.readany() == b"half"
-            with pytest.raises(UpstreamTimeout):
-                await response.readany()
-            response.release()
-            assert upstream._open == 0, "both half-done connections were closed"
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        with pytest.raises(UpstreamTimeout):
+            await get(upstream, "/head", head_timeout=0.2)
+        response = await get(upstream, "/body", read_timeout=0.2)
+        assert await response.readany() == b"half"
+        with pytest.raises(UpstreamTimeout):
+            await response.readany()
+        response.release()
+        assert upstream._open == 0, "both half-done connections were closed"
 
 
 async def test_a_trickled_head_is_bounded_as_a_whole() -> None:
@@ -377,15 +339,11 @@ async def test_a_trickled_head_is_bounded_as_a_whole() -> None:
             await asyncio.sleep(0.02)
 
     raw = Raw(trickle)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(UpstreamTimeout):
-                await get(upstream, head_timeout=0.3, read_timeout=0.3)
-            assert asyncio.get_running_loop().time() - started < 0.6
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeout):
+            await get(upstream, head_timeout=0.3, read_timeout=0.3)
+        assert asyncio.get_running_loop().time() - started < 0.6
 
 
 async def test_reading_pauses_while_the_reader_lags() -> None:
@@ -403,29 +361,24 @@ async def test_reading_pauses_while_the_reader_lags() -> None:
             sent += len(block)
 
     raw = Raw(flood)
-    async with raw as url:
-        upstream = pool(url)
-        try:
-            response = await get(upstream)
-            await asyncio.sleep(0.5)  # the reader lags
-            lagging = sent
-            assert lagging < total // 4, f"{lagging} bytes sent to a reader that read none"
-            got = len(await response.readany())
-            assert got <= HIGH_WATER + 1024 * 1024
-            while chunk := await response.readany():
-                got += len(chunk)
-            assert got == total
-            response.release()
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url) as upstream:
+        response = await get(upstream)
+        await asyncio.sleep(0.5)  # the reader lags
+        lagging = sent
+        assert lagging < total // 4, f"{lagging} bytes sent to a reader that read none"
+        got = len(await response.readany())
+        assert got <= HIGH_WATER + 1024 * 1024
+        while chunk := await response.readany():
+            got += len(chunk)
+        assert got == total
+        response.release()
 
 
 async def test_an_answer_left_before_its_end_closes_its_connection(
     echo: Echo,
 ) -> None:
     url = echo.url
-    upstream = pool(url)
-    try:
+    async with pool(url) as upstream:
         response = await get(upstream)
         await asyncio.sleep(0.05)
         response.release()  # a short body, arrived whole though never read: reusable
@@ -434,8 +387,6 @@ async def test_an_answer_left_before_its_end_closes_its_connection(
         await fetch(upstream)
         first, second, third = echo.peers
         assert first == second != third
-    finally:
-        await upstream.close()
 
 
 async def test_a_cancelled_exchange_frees_its_place() -> None:
@@ -444,34 +395,27 @@ async def test_a_cancelled_exchange_frees_its_place() -> None:
         await asyncio.sleep(5)
 
     raw = Raw(never)
-    async with raw as url:
-        upstream = pool(url, size=1)
-        try:
-            task = asyncio.create_task(get(upstream, head_timeout=5))
-            await asyncio.sleep(0.1)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert upstream._open == 0
-            waiting = asyncio.create_task(get(upstream, head_timeout=0.2))
-            with pytest.raises(UpstreamTimeout):
-                await waiting  # it got the place (and a connection) at once
-            assert raw.connections == 2
-        finally:
-            await upstream.close()
+    async with raw as url, pool(url, size=1) as upstream:
+        task = asyncio.create_task(get(upstream, head_timeout=5))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert upstream._open == 0
+        waiting = asyncio.create_task(get(upstream, head_timeout=0.2))
+        with pytest.raises(UpstreamTimeout):
+            await waiting  # it got the place (and a connection) at once
+        assert raw.connections == 2
 
 
 async def test_nothing_listening_is_unreachable() -> None:
-    upstream = pool(f"http://127.0.0.1:{free_port()}")
-    try:
+    async with pool(f"http://127.0.0.1:{free_port()}") as upstream:
         with pytest.raises(UpstreamUnreachable):
             await get(upstream)
         assert upstream._open == 0
-    finally:
-        await upstream.close()
 
 
 @pytest.mark.parametrize("url", ["ftp://cube:21", "http://", "cube:4000"])
 def test_only_http_urls_make_a_pool(url: str) -> None:
     with pytest.raises(ValueError, match="http"):
-        pool(url)
+        Upstream(url, size=1, connect_timeout=1)
