@@ -21,9 +21,13 @@ What it does, in one run:
    any answer other than 200 is an error (exit 1);
 5. with Redis, counts the broker's store round trips during its rounds exactly (see
    ``StoreMonitor``);
-6. optionally (default on) restarts the broker with ``BROKER_LOG_LEVEL=INFO`` and runs one
+6. unless ``--no-wrk``, drives both again with ``wrk`` (``--rounds`` interleaved rounds
+   each): the Python load generator saturates before the bare server does, which then
+   batches less and spends more CPU per request; with ``wrk`` both servers are saturated,
+   so this is the two CPU figures side by side at full load;
+7. optionally (default on) restarts the broker with ``BROKER_LOG_LEVEL=INFO`` and runs one
    more broker round, to show what the per-request access log line costs;
-7. prints a summary. Timings never fail the run: exit 1 only on errors.
+8. prints a summary. Timings never fail the run: exit 1 only on errors.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench import ladder
 from bench.common import (
     ADMIN_KEY,
     BenchError,
@@ -282,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
             bare_totals.add(measure(gen, bare, "bare", headers, slice_, None))
             broker_totals.add(measure(gen, server, "broker", headers, slice_, redis_port))
 
+        saturated = (
+            drive_with_wrk(bare, server, headers, duration, rounds, args.concurrency)
+            if args.wrk
+            else None
+        )
+
         info_totals: Totals | None = None
         if args.info_round:
             server.stop()
@@ -291,8 +302,45 @@ def run(args: argparse.Namespace) -> int:
             # this shows that the counter sees round trips when there are some.
             info_totals.add(measure(gen, server, "broker (INFO)", headers, slice_, redis_port))
 
-        report(args, bare_totals, broker_totals, info_totals, len(body))
+        report(args, bare_totals, broker_totals, info_totals, len(body), saturated)
     return 0
+
+
+def drive_with_wrk(
+    bare: HTTPProcess,
+    broker: HTTPProcess,
+    headers: dict[str, str],
+    duration: float,
+    rounds: int,
+    connections: int,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """CPU microseconds per request and req/s of the bare server and of the broker, each
+    driven by ``wrk`` in ``rounds`` interleaved rounds (after an unmeasured second)."""
+    slice_ = ladder.round_seconds(duration, rounds)
+    servers = {"bare": bare, "broker": broker}
+    for server in servers.values():
+        ladder.run_wrk(server.url + TOKEN_PATH, headers, 1, connections, method="POST")
+    cpu = dict.fromkeys(servers, 0.0)
+    done = dict.fromkeys(servers, 0)
+    elapsed = dict.fromkeys(servers, 0.0)
+    for _ in range(rounds):
+        for name, server in servers.items():
+            before = cpu_seconds(server.pid)
+            result = ladder.run_wrk(
+                server.url + TOKEN_PATH, headers, slice_, connections, method="POST"
+            )
+            cpu[name] += cpu_seconds(server.pid) - before
+            done[name] += result.requests
+            elapsed[name] += result.elapsed
+            print(
+                f"  {name + ' (wrk)':<14} {result.requests / result.elapsed:8.0f} req/s",
+                flush=True,
+            )
+
+    def figures(name: str) -> tuple[float, float]:
+        return cpu[name] / done[name] * 1e6, done[name] / elapsed[name]
+
+    return figures("bare"), figures("broker")
 
 
 def report(
@@ -301,6 +349,7 @@ def report(
     broker: Totals,
     info: Totals | None,
     body_bytes: int,
+    saturated: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> None:
     def row(name: str, t: Totals) -> str:
         return (
@@ -329,6 +378,13 @@ def report(
         f"broker / bare by server CPU per request: {cpu_ratio * 100:.1f} %  (what the "
         "throughput ratio would be with a core per server; robust to a busy machine)"
     )
+    if saturated is not None:
+        (bare_us, bare_rps), (broker_us, broker_rps) = saturated
+        print(
+            f"driven by wrk, both saturated: bare {bare_us:.0f} us/req ({bare_rps:.0f} req/s), "
+            f"broker {broker_us:.0f} us/req ({broker_rps:.0f} req/s): by server CPU per "
+            f"request {bare_us / broker_us * 100 if broker_us else 0:.1f} %"
+        )
     if info is not None and broker.rps:
         print(f"INFO access logging: {info.rps / broker.rps * 100:.1f} % of the WARNING throughput")
     if args.store == "redis":
@@ -382,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="info_round",
         action="store_false",
         help="skip the extra broker round with BROKER_LOG_LEVEL=INFO",
+    )
+    parser.add_argument(
+        "--no-wrk",
+        dest="wrk",
+        action="store_false",
+        help="skip the rounds driven by wrk (both servers saturated)",
     )
     parser.add_argument("--serve-bare", metavar="BODY_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

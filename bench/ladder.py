@@ -231,17 +231,25 @@ def find_wrk() -> str:
     return found
 
 
-def run_wrk(url: str, headers: dict[str, str], duration: int, connections: int) -> WrkRound:
+def run_wrk(
+    url: str, headers: dict[str, str], duration: int, connections: int, method: str = "GET"
+) -> WrkRound:
     """One ``wrk -t1`` round of ``duration`` seconds over ``connections`` keep-alive
-    connections; its CPU from the rusage of this process's waited children."""
+    connections (another ``method`` than ``GET`` is set by a one-line wrk script); its
+    CPU from the rusage of this process's waited children."""
     argv = [find_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
-        [*argv, url], capture_output=True, text=True, timeout=duration + 30, check=False
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if method != "GET":
+            script.write(f'wrk.method = "{method}"\n')
+            script.flush()
+            argv += ["-s", script.name]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(
+            [*argv, url], capture_output=True, text=True, timeout=duration + 30, check=False
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise BenchError(f"wrk exited {done.returncode}: {done.stderr or done.stdout}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
