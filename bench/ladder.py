@@ -19,7 +19,6 @@ rusage.
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import shutil
@@ -30,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import BenchError, cpu_seconds
-from tests.harness.nginx import find_nginx, render_template
+from tests.harness.nginx import host_port, start_nginx, start_site
 from tests.harness.ports import free_port
 from tests.harness.process import HTTPProcess
 
 #: Unmeasured seconds per way before its rounds: keep-alive pools filled, paths warm.
 WARM_UP = 1
-_TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 # -- the bare aiohttp proxy (bench_proxy --serve-bare-proxy) -----------------------------
@@ -106,69 +104,19 @@ server {{
 """
 
 
-def nginx_main_config(workdir: Path, include: Path) -> str:
-    """One worker, foreground, no access log (neither way pays for one), every path nginx
-    writes in ``workdir``."""
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    temp = "\n".join(f"    {k}_temp_path {workdir / 'temp' / k};" for k in _TEMP_KINDS)
-    return f"""{user}daemon off;
-master_process on;
-worker_processes 1;
-pid {workdir / "nginx.pid"};
-error_log {workdir / "error.log"} warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    access_log off;
-{temp}
-    include {include};
-}}
-"""
-
-
-def start_nginx_with(site: str, port: int, ready_path: str, ready_status: int) -> HTTPProcess:
-    """nginx serving the http{}-level ``site`` on ``127.0.0.1:port``, in a private folder
-    removed by ``stop()``; returns once ``GET ready_path`` answers ``ready_status``."""
-    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-nginx-"))
-    for kind in _TEMP_KINDS:
-        (workdir / "temp" / kind).mkdir(parents=True)
-    (workdir / "site.conf").write_text(site)
-    conf = workdir / "nginx.conf"
-    conf.write_text(nginx_main_config(workdir, workdir / "site.conf"))
-    argv = [find_nginx(), "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
-    nginx = HTTPProcess(
-        "nginx", argv, env={"PATH": os.environ.get("PATH", "")}, workdir=workdir, port=port
-    )
-    return nginx.ready(ready_path, 15, status=ready_status)
-
-
 def start_nginx_direct(upstream_url: str) -> HTTPProcess:
-    """nginx ``proxy_pass`` straight to ``upstream_url`` (:data:`DIRECT_SITE`)."""
+    """nginx ``proxy_pass`` straight to ``upstream_url`` (:data:`DIRECT_SITE`), no access
+    log."""
     port = free_port()
-    site = DIRECT_SITE.format(upstream=_host_port(upstream_url), listen=f"127.0.0.1:{port}")
-    return start_nginx_with(site, port, "/healthz", 200)
+    site = DIRECT_SITE.format(upstream=host_port(upstream_url), listen=f"127.0.0.1:{port}")
+    return start_site(site, port, "/healthz", 200, access_log=False)
 
 
 def start_nginx_deciding(broker_url: str, upstream_url: str) -> HTTPProcess:
-    """nginx with ``deploy/nginx``'s template (rendered by ``tests.harness.nginx``): the
-    broker at ``broker_url`` decides, the fixed upstream at ``upstream_url`` answers."""
-    port = free_port()
-    site = render_template(
-        {
-            "NGINX_LISTEN": f"127.0.0.1:{port}",
-            "BROKER_UPSTREAM": _host_port(broker_url),
-            "CUBE_UPSTREAM": _host_port(upstream_url),
-        }
-    )
-    return start_nginx_with(site, port, "/healthz", 200)
-
-
-def _host_port(url: str) -> str:
-    match = re.fullmatch(r"https?://([^/]+)/?", url)
-    if match is None:
-        raise BenchError(f"not a base URL: {url!r}")
-    return match.group(1)
+    """nginx with ``deploy/nginx``'s template (:func:`tests.harness.nginx.start_nginx`,
+    no access log): the broker at ``broker_url`` decides, the fixed upstream at
+    ``upstream_url`` answers."""
+    return start_nginx(broker_url=broker_url, cube_url=upstream_url, access_log=False)
 
 
 def tree_cpu_seconds(pid: int) -> float:
