@@ -160,7 +160,7 @@ class CubeClient:
         an unreachable or misbehaving Cube ``BadGateway``; each is counted by kind. A
         header that cannot be sent is the caller's ``BadRequest``. Any other exception is
         returned as it is."""
-        if isinstance(exc, (UpstreamTimeout, TimeoutError)):
+        if isinstance(exc, UpstreamTimeout):
             self._metrics.upstream_errors.labels("timeout").inc()
             return GatewayTimeout()
         if isinstance(exc, UpstreamUnreachable):
