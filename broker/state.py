@@ -8,6 +8,7 @@ from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient
 from broker.cube.meta_cache import MetaCache
 from broker.http.bodies import BodyBudget
+from broker.http.context import RequestContext
 from broker.http.guard import BruteForceGuard
 from broker.http.listeners import Listeners
 from broker.keys.admin import KeyAdmin
@@ -17,7 +18,7 @@ from broker.keys.usage import UsageRecorder
 from broker.keys.verify import KeyVerifier
 from broker.models import RegistryWatcher
 from broker.settings import Settings
-from broker.store import RateLimitState, Store
+from broker.store import Store
 from broker.support.metrics import Metrics
 from broker.support.request_ids import RequestIds
 from broker.tokens.issue import TokenService
@@ -42,15 +43,6 @@ BODIES = web.AppKey("bodies", BodyBudget)
 LISTENERS = web.AppKey("listeners", Listeners)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
-REQUEST_ID = web.RequestKey("request_id", str)
-#: The client's address (the socket peer, or from X-Forwarded-For behind a trusted proxy).
-CLIENT_IP = web.RequestKey("client_ip", str)
-#: The listener the request came in on (see :mod:`broker.http.listeners`).
-LISTENER = web.RequestKey("listener", str)
-#: ``public_id`` of the key that authenticated the request, for the access log.
-KEY_PUBLIC_ID = web.RequestKey("key_public_id", str)
-#: Asset ID of the semantic model the request is about, for the access log.
-MODEL_ID = web.RequestKey("model_id", str)
-#: The rate limit of the key behind the request after counting it, for SPEC §4's
-#: ``RateLimit-*`` answer headers (absent for a key without a limit).
-RATE_LIMIT = web.RequestKey("rate_limit", RateLimitState)
+#: What the broker knows of the request (its ID, listener, client address, key, model
+#: and rate limit): set by the middleware before any handler runs.
+CONTEXT = web.RequestKey("context", RequestContext)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from broker.errors import Forbidden, Unauthorized
+from broker.keys import verify
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
 from broker.keys.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE, grants
@@ -124,6 +125,51 @@ async def test_cache_serves_without_store_round_trip(store: Store) -> None:
         calls = 0
         await asyncio.gather(*(verifier.authenticate(key) for _ in range(50)))
         assert calls == 0
+    finally:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+
+
+async def test_a_key_that_passed_is_recognized_and_nothing_like_it_is(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After one digest check, the very same key is judged from memory; a key that only
+    shares its public ID (or its text, give or take a character) is checked in full and
+    refused, and a rotation forgets what was remembered."""
+    key, record = await add_key(store, rights=[TOKEN_CREATE])
+    cache = KeyCache(store)
+    feed = asyncio.create_task(cache.follow_changes(0.05))
+    checks = 0
+    real_check = verify.verify_secret
+
+    def counting(secret: str, stored: str) -> bool:
+        nonlocal checks
+        checks += 1
+        return real_check(secret, stored)
+
+    monkeypatch.setattr(verify, "verify_secret", counting)
+    try:
+        await wait_until(lambda: cache.live)
+        verifier = KeyVerifier(cache)
+        await verifier.authenticate(key)
+        assert checks == 1
+        for _ in range(3):
+            assert (await verifier.authenticate(key)).id == record.id
+        assert verifier.vouches(key)
+        assert checks == 1
+        other = "A" if key[-1] != "A" else "B"
+        for presented in (key + "A", key[:-1] + other, key.upper()):
+            assert not verifier.vouches(presented)
+            assert await reason(verifier.authenticate(presented)) in {"wrong_secret", "malformed"}
+        assert await reason(verifier.authenticate("atx_" + key[4:])) == "malformed"
+        assert await reason(verifier.authenticate(key[:20])) == "malformed"
+        checks = 0
+        new, _ = await KeyAdmin(store, cache).rotate(record.id)
+        await wait_until(lambda: cache.peek(record.public_id) != record)
+        assert await reason(verifier.authenticate(key)) == "wrong_secret"
+        assert not verifier.vouches(key)
+        assert (await verifier.authenticate(new)).id == record.id
+        assert checks == 2
     finally:
         feed.cancel()
         await asyncio.gather(feed, return_exceptions=True)

@@ -10,7 +10,7 @@ from broker.http.requests import admin_credential, read_json_object
 from broker.keys.admin import DEFAULT_PAGE, MAX_PAGE
 from broker.keys.audit import Actor
 from broker.keys.validation import validate_create, validate_patch, validate_rotate
-from broker.state import CLIENT_IP, KEY_ADMIN, KEY_PUBLIC_ID, REQUEST_ID, SETTINGS
+from broker.state import CONTEXT, KEY_ADMIN, SETTINGS
 
 
 def require_admin(request: web.Request) -> None:
@@ -28,7 +28,7 @@ async def create_key(request: web.Request) -> web.Response:
     require_admin(request)
     values = validate_create(await read_json_object(request))
     plaintext, record = await request.app[KEY_ADMIN].create(values, _actor(request))
-    request[KEY_PUBLIC_ID] = record.public_id
+    request[CONTEXT].key_public_id = record.public_id
     return web.json_response(
         {"api_key": plaintext, "record": record.public()}, status=201, headers=NO_STORE
     )
@@ -80,7 +80,8 @@ async def audit_events(request: web.Request) -> web.Response:
 
 def _actor(request: web.Request) -> Actor:
     """The admin API as the audit trail names it: the caller's address, the request ID."""
-    return Actor("admin-api", request[CLIENT_IP], request[REQUEST_ID])
+    context = request[CONTEXT]
+    return Actor("admin-api", context.client_ip, context.request_id)
 
 
 def _limit(raw: str | None) -> int:

@@ -10,17 +10,7 @@ from broker.cube.headers import downstream_headers, upstream_headers
 from broker.cube.query import META_PATH, may_be_continue_wait
 from broker.http.cors import finish_answer
 from broker.http.requests import forwarded_for, proxy_credential, read_body
-from broker.state import (
-    CLIENT_IP,
-    CUBE,
-    CUBE_ACCESS,
-    KEY_PUBLIC_ID,
-    META_CACHE,
-    MODEL_ID,
-    RATE_LIMIT,
-    REQUEST_ID,
-    SETTINGS,
-)
+from broker.state import CONTEXT, CUBE, CUBE_ACCESS, META_CACHE, SETTINGS
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -28,11 +18,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     caller = await access.authenticate(proxy_credential(request.headers))
     body = await read_body(request) if request.body_exists else None
     call = Call(request.headers.get("X-Request-Id"), request.method, request.raw_path, body)
-    grant = await access.grant(caller, required_right(request.path), request[CLIENT_IP], call)
-    request[KEY_PUBLIC_ID] = grant.key.public_id
-    request[MODEL_ID] = grant.model_id
-    if grant.rate_limit is not None:
-        request[RATE_LIMIT] = grant.rate_limit
+    context = request[CONTEXT]
+    grant = await access.grant(caller, required_right(request.path), context.client_ip, call)
+    context.admit(grant.key.public_id, grant.model_id, grant.rate_limit)
     meta = request.app[META_CACHE]
     kept_at = None
     if request.path == META_PATH:
@@ -41,7 +29,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if kept is not None:
             return web.Response(body=kept.body, headers={"Content-Type": kept.content_type})
     forwarded = forwarded_for(request, request.app[SETTINGS].trusted_proxies)
-    headers = upstream_headers(request.headers, grant.token, request[REQUEST_ID], forwarded)
+    headers = upstream_headers(request.headers, grant.token, context.request_id, forwarded)
     cube = request.app[CUBE]
     async with cube.request(
         request.method, request.raw_path, headers, body, model=grant.model_id
@@ -59,5 +47,5 @@ async def forward(request: web.Request) -> web.StreamResponse:
             await access.answered(grant, head)
         headers = downstream_headers(upstream.headers)
         return await cube.relay(
-            request, upstream, headers, request[REQUEST_ID], head, finish=finish_answer
+            request, upstream, headers, context.request_id, head, finish=finish_answer
         )

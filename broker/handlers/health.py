@@ -6,7 +6,7 @@ from aiohttp import web
 
 from broker.errors import StoreUnavailable
 from broker.http.openapi import openapi_document
-from broker.state import LISTENER, METRICS, REGISTRY, STORE
+from broker.state import CONTEXT, METRICS, REGISTRY, STORE
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -34,4 +34,4 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request[LISTENER]))
+    return web.json_response(openapi_document(request[CONTEXT].listener))

@@ -15,7 +15,7 @@ from broker.cube.callback import CALLBACK_SECRET_HEADER, driver_config
 from broker.errors import AuthFailure, FieldError, Unauthorized, ValidationFailed
 from broker.handlers import NO_STORE
 from broker.http.requests import read_json_object
-from broker.state import MODEL_ID, REGISTRY, SETTINGS
+from broker.state import CONTEXT, REGISTRY, SETTINGS
 
 _CREDENTIALS_FIELDS = frozenset({"securityContext", "dataSource"})
 
@@ -32,7 +32,7 @@ async def credentials(request: web.Request) -> web.Response:
     require_callback_secret(request)
     body = await read_json_object(request)
     model_id, data_source = _credentials_request(body)
-    request[MODEL_ID] = model_id
+    request[CONTEXT].model_id = model_id
     registry = request.app[REGISTRY].current
     # A password_file is read now: keep that file I/O off the event loop.
     config = await asyncio.to_thread(driver_config, registry, model_id, data_source, os.environ)
@@ -42,7 +42,7 @@ async def credentials(request: web.Request) -> web.Response:
 async def model_files(request: web.Request) -> web.Response:
     require_callback_secret(request)
     model = request.app[REGISTRY].current.require(request.match_info["asset_id"])
-    request[MODEL_ID] = model.asset_id
+    request[CONTEXT].model_id = model.asset_id
     files = [{"fileName": f.path, "content": f.text} for f in model.files]
     return web.json_response({"schema_hash": model.schema_hash, "files": files})
 

@@ -17,18 +17,7 @@ from broker.http.requests import key_credential, read_json_object
 from broker.keys.record import KeyRecord
 from broker.keys.rights import META_READ, QUERY_EXECUTE, TOKEN_CREATE
 from broker.models import SemanticModel
-from broker.state import (
-    CLIENT_IP,
-    CUBE,
-    KEY_PUBLIC_ID,
-    KEY_VERIFIER,
-    MODEL_ID,
-    RATE_LIMIT,
-    REGISTRY,
-    REQUEST_ID,
-    SETTINGS,
-    TOKENS,
-)
+from broker.state import CONTEXT, CUBE, KEY_VERIFIER, REGISTRY, SETTINGS, TOKENS
 from broker.support.timeutil import to_iso
 from broker.support.tracing import trace_headers
 
@@ -40,14 +29,14 @@ async def authorized_model(request: web.Request, right: str) -> tuple[KeyRecord,
     models exist (401 before 404).
     """
     asset_id = request.match_info["asset_id"]
-    permit = await request.app[KEY_VERIFIER].authorize(
-        key_credential(request.headers), right, asset_id, request[CLIENT_IP]
+    app, context = request.app, request[CONTEXT]
+    permit = await app[KEY_VERIFIER].authorize(
+        key_credential(request.headers), right, asset_id, context.client_ip
     )
-    request[KEY_PUBLIC_ID] = permit.record.public_id
-    if permit.rate_limit is not None:
-        request[RATE_LIMIT] = permit.rate_limit
-    model = request.app[REGISTRY].current.require(asset_id)
-    request[MODEL_ID] = model.asset_id
+    context.key_public_id = permit.record.public_id
+    context.rate_limit = permit.rate_limit
+    model = app[REGISTRY].current.require(asset_id)
+    context.model_id = model.asset_id
     return permit.record, model
 
 
@@ -79,7 +68,7 @@ async def metadata(request: web.Request) -> web.Response:
     answer = await fetch_meta(
         request.app[CUBE],
         token.token,
-        request[REQUEST_ID],
+        request[CONTEXT].request_id,
         request.app[SETTINGS].upstream_timeout,
         model=model.asset_id,
         trace=trace_headers(request.headers),
@@ -112,16 +101,15 @@ async def query(request: web.Request) -> web.StreamResponse:
         raise ValidationFailed(problem + unknown)
     token = await request.app[TOKENS].token_for(record, model)
     cube = request.app[CUBE]
+    request_id = request[CONTEXT].request_id
     async with final_answer(
         cube,
         token.token,
         cube_query,
-        request[REQUEST_ID],
+        request_id,
         request.app[SETTINGS].query_timeout,
         model=model.asset_id,
         trace=trace_headers(request.headers),
     ) as (upstream, head):
         headers = content_headers(upstream.headers)
-        return await cube.relay(
-            request, upstream, headers, request[REQUEST_ID], head, finish=finish_answer
-        )
+        return await cube.relay(request, upstream, headers, request_id, head, finish=finish_answer)

@@ -12,10 +12,11 @@ every answer.
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from broker.http.context import X_REQUEST_ID
 from broker.http.decision import is_decision, name_refusal
-from broker.state import RATE_LIMIT, REQUEST_ID, SETTINGS
+from broker.state import CONTEXT, SETTINGS
 from broker.store import RateLimitState
 
 #: What the broker tells of itself in ``Server`` (aiohttp's default names the versions
@@ -38,7 +39,7 @@ def is_preflight(request: web.Request) -> bool:
     a browser's request, which the proxy's own CORS answers, not the broker's."""
     return (
         request.method == "OPTIONS"
-        and "Access-Control-Request-Method" in request.headers
+        and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
         and not is_decision(request.path)
     )
 
@@ -54,25 +55,24 @@ def rate_limit_headers(state: RateLimitState) -> dict[str, str]:
 
 def finish_answer(request: web.Request, response: web.StreamResponse) -> None:
     """Set the broker's own answer headers on ``response``, not yet prepared."""
-    response.headers["Server"] = SERVER_NAME
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers["X-Request-Id"] = request_id
-    rate_limit = request.get(RATE_LIMIT)
-    if rate_limit is not None:
-        response.headers.update(rate_limit_headers(rate_limit))
+    headers = response.headers
+    headers[hdrs.SERVER] = SERVER_NAME
+    context = request[CONTEXT]
+    headers[X_REQUEST_ID] = context.request_id
+    if context.rate_limit is not None:
+        headers.update(rate_limit_headers(context.rate_limit))
     if response.status >= 400 and is_decision(request.path):
         name_refusal(response)
-    origin = request.headers.get("Origin")
+    origin = request.headers.get(hdrs.ORIGIN)
     allowed = request.app[SETTINGS].cors_origins
     if origin is None or not allowed:
         return
-    response.headers.add("Vary", "Origin")  # the answer depends on it, allowed or not
+    headers.add(hdrs.VARY, "Origin")  # the answer depends on it, allowed or not
     if origin not in allowed:
         return
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+    headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
     if is_preflight(request):
-        response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-        response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
-        response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = ALLOWED_METHODS
+        headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = ALLOWED_HEADERS
+        headers[hdrs.ACCESS_CONTROL_MAX_AGE] = PREFLIGHT_MAX_AGE

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from multidict import istr
 
 from broker.cube.callback import CALLBACK_SECRET_HEADER
 from broker.errors import (
@@ -28,20 +29,16 @@ from broker.errors import (
     ValidationFailed,
 )
 from broker.errors import BadRequest as BadRequestError
+from broker.http.context import X_REQUEST_ID, RequestContext
 from broker.http.cors import finish_answer, is_preflight
-from broker.http.listeners import ANYWHERE, serves
+from broker.http.listeners import serves
 from broker.http.requests import admin_credential, client_ip, proxy_credential
 from broker.state import (
-    CLIENT_IP,
+    CONTEXT,
     GUARD,
-    KEY_PUBLIC_ID,
     KEY_VERIFIER,
-    LISTENER,
     LISTENERS,
     METRICS,
-    MODEL_ID,
-    RATE_LIMIT,
-    REQUEST_ID,
     REQUEST_IDS,
     SETTINGS,
     TOKEN_VERIFIER,
@@ -52,6 +49,7 @@ from broker.support.tracing import trace_id
 access_log = logging.getLogger("broker.access")
 error_log = logging.getLogger("broker.errors")
 
+TRACEPARENT = istr("traceparent")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: aiohttp's own refusals (it raises no 401: credentials are the broker's business).
@@ -64,10 +62,10 @@ _HTTP_ERRORS: dict[int, type[BrokerError]] = {
 }
 
 
-def route_template(request: web.Request) -> str:
+def route_template(request: web.Request, listener: str) -> str:
     """The matched route's template (``/admin/api-keys/{id}``), never the raw path;
-    ``unmatched`` for unknown paths and for another listener's routes."""
-    if not serves(request.get(LISTENER, ANYWHERE), request.path):
+    ``unmatched`` for unknown paths and for ``listener``'s not serving the route."""
+    if not serves(listener, request.path):
         return "unmatched"
     info = request.match_info
     resource = info.route.resource if info.http_exception is None else None
@@ -100,28 +98,29 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
     """
     started = time.perf_counter()
     app = request.app  # a property lookup through the match info: read once
-    incoming = request.headers.get("X-Request-Id")
+    incoming = request.headers.get(X_REQUEST_ID)
     if incoming and _REQUEST_ID_RE.fullmatch(incoming):
-        request[REQUEST_ID] = incoming
+        context = RequestContext(incoming)
     else:
-        request[REQUEST_ID] = app[REQUEST_IDS].new()
+        context = RequestContext(app[REQUEST_IDS].new())
+    request[CONTEXT] = context
     status = 500
     try:
         try:
-            request[CLIENT_IP] = client_ip(request, app[SETTINGS].trusted_proxies)
+            context.client_ip = client_ip(request, app[SETTINGS].trusted_proxies)
             if not request.raw_path.startswith("/"):
                 # An absolute-form target (``GET http://host/…``) is for a forward proxy:
                 # the broker builds nothing from it.
                 raise BadRequestError("The request target must be a path.")
-            listener = request[LISTENER] = app[LISTENERS].of(request)
+            listener = context.listener = app[LISTENERS].of(request)
             if is_preflight(request):
                 response: web.StreamResponse = web.Response(status=204)
             elif not serves(listener, request.path):
                 raise NotFound()  # another listener's route: exactly an unknown path
             else:
-                response = await _guarded(request, handler)
+                response = await _guarded(request, context, handler)
         except Exception as exc:
-            response = map_error(request, exc)
+            response = map_error(request, context, exc)
         except asyncio.CancelledError:
             status = ClientClosedRequest.status  # the caller went away (handler cancellation)
             raise
@@ -130,14 +129,16 @@ async def broker_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = response.status
         return response
     finally:
-        _account(request, status, time.perf_counter() - started)
+        _account(request, context, status, time.perf_counter() - started)
 
 
 #: Operating endpoints stay reachable from an address the guard refuses.
 _UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _guarded(
+    request: web.Request, context: RequestContext, handler: Handler
+) -> web.StreamResponse:
     """Refuse addresses the brute-force guard blocked, unless the credential presented is
     one the broker already knows to be good (:func:`_vouched`, from memory), and report
     failed authentications to it (a missing credential is not an attempt).
@@ -148,7 +149,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     """
     if request.path in _UNGUARDED:
         return await handler(request)
-    ip = request[CLIENT_IP]
+    ip = context.client_ip
     subject = f"internal:{ip}" if request.path.startswith("/internal/") else ip
     guard = request.app[GUARD]
     left = guard.blocked(subject)
@@ -181,7 +182,7 @@ def _vouched(request: web.Request) -> bool:
     return bool(credential.token) and app[TOKEN_VERIFIER].vouches(credential.token)
 
 
-def map_error(request: web.Request, exc: Exception) -> web.Response:
+def map_error(request: web.Request, context: RequestContext, exc: Exception) -> web.Response:
     """SPEC §3's JSON answer for any error, aiohttp's own 404/405/413 included.
 
     Unknown exceptions are logged once with their traceback and answered with a generic
@@ -191,7 +192,7 @@ def map_error(request: web.Request, exc: Exception) -> web.Response:
     """
     if isinstance(exc, BrokerError):
         if exc.rate_limit is not None:
-            request[RATE_LIMIT] = exc.rate_limit
+            context.rate_limit = exc.rate_limit
         metrics = request.app[METRICS]
         if isinstance(exc, Unauthorized):
             metrics.auth_failures.labels(exc.reason).inc()
@@ -213,33 +214,33 @@ def map_error(request: web.Request, exc: Exception) -> web.Response:
         "unhandled error in %s %s",
         request.method,
         redact(request.path),
-        extra={"request_id": request.get(REQUEST_ID)},
+        extra={"request_id": context.request_id},
         exc_info=exc,
     )
     return error_response(BrokerError())
 
 
-def _account(request: web.Request, status: int, elapsed: float) -> None:
+def _account(request: web.Request, context: RequestContext, status: int, elapsed: float) -> None:
     """Count and time the request, and write its access-log line."""
-    listener = request.get(LISTENER, ANYWHERE)
+    listener = context.listener
     request.app[METRICS].observe_request(
-        listener, route_template(request), request.method, status, elapsed
+        listener, route_template(request, listener), request.method, status, elapsed
     )
     if not access_log.isEnabledFor(logging.INFO):
         return
     path = redact(request.path_qs)
     extra: dict[str, Any] = {
-        "request_id": request[REQUEST_ID],
+        "request_id": context.request_id,
         "method": request.method,
         "path": path,
         "status": status,
         "duration_ms": round(elapsed * 1000, 3),
-        "key": request.get(KEY_PUBLIC_ID),
-        "model": request.get(MODEL_ID),
-        "client_ip": request.get(CLIENT_IP, request.remote),
+        "key": context.key_public_id,
+        "model": context.model_id,
+        "client_ip": context.client_ip or request.remote,
         "listener": listener,
     }
-    trace = trace_id(request.headers.get("traceparent"))
+    trace = trace_id(request.headers.get(TRACEPARENT))
     if trace is not None:
         extra["trace_id"] = trace
     access_log.info("%s %s %s", request.method, path, status, extra=extra)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 PREFIX = "ath_"
 _PUBLIC_ID_ALPHABET = string.ascii_lowercase + string.digits
-_PUBLIC_ID_LEN = 16
+PUBLIC_ID_LEN = 16
 _SECRET_BYTES = 32
 _KEY_RE = re.compile(r"ath_([a-z0-9]{16})\.([A-Za-z0-9_-]{32,128})")
 _DIGEST_SCHEME = "hmac-sha256"
@@ -37,7 +37,7 @@ class ParsedKey:
 
 
 def new_public_id() -> str:
-    return "".join(secrets.choice(_PUBLIC_ID_ALPHABET) for _ in range(_PUBLIC_ID_LEN))
+    return "".join(secrets.choice(_PUBLIC_ID_ALPHABET) for _ in range(PUBLIC_ID_LEN))
 
 
 def new_secret() -> str:

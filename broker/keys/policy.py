@@ -101,29 +101,31 @@ class KeyPolicy:
         self._usage = usage
         self._metrics = metrics
 
-    async def record_use(self, record: KeyRecord, ip: str) -> KeyRecord:
-        """Apply the key's IP rules from ``ip`` and count the authentication. Virgin-mode
-        keys go through one atomic store update (exact counts, atomic learning); others
-        are counted in batches. Raises ``IPNotAllowed``."""
-        now = utcnow()
-        if record.virgin_mode:
-            locks: list[audit.AuditEvent] = []
-
-            def lock_event(old: KeyRecord, new: KeyRecord) -> audit.AuditEvent | None:
-                locks[:] = []
-                if new.locked and not old.locked:
-                    locks.append(audit.event(audit.LOCK, old, new, audit.Actor("broker", ip)))
-                return locks[0] if locks else None
-
-            updated = await self._store.update_key(
-                record.id, lambda r: virgin_use(r, ip, now), audit=lock_event
-            )
-            for locked in locks:
-                audit.log_event(locked)
-            return updated if updated is not None else record
+    def record_use(self, record: KeyRecord, ip: str) -> None:
+        """Apply the key's IP rules from ``ip`` (``IPNotAllowed``) and count the use, in
+        the next batch; for keys not in virgin mode (:meth:`record_virgin_use`)."""
         check_ip(record, ip)
-        self._usage.record(record.id, now)
-        return record
+        self._usage.record(record.id, utcnow())
+
+    async def record_virgin_use(self, record: KeyRecord, ip: str) -> KeyRecord:
+        """Count a virgin-mode key's use and apply, or learn, its IP rules in one atomic
+        store update (exact counts, atomic learning); the record as it left the store.
+        Raises ``IPNotAllowed``."""
+        now = utcnow()
+        locks: list[audit.AuditEvent] = []
+
+        def lock_event(old: KeyRecord, new: KeyRecord) -> audit.AuditEvent | None:
+            locks[:] = []
+            if new.locked and not old.locked:
+                locks.append(audit.event(audit.LOCK, old, new, audit.Actor("broker", ip)))
+            return locks[0] if locks else None
+
+        updated = await self._store.update_key(
+            record.id, lambda r: virgin_use(r, ip, now), audit=lock_event
+        )
+        for locked in locks:
+            audit.log_event(locked)
+        return updated if updated is not None else record
 
     async def limit(self, record: KeyRecord, poll: str | None = None) -> RateLimitState | None:
         """Count one request against the key's rate limit; a request polling a query Cube

@@ -74,10 +74,10 @@ class Registry:
         return self.models.get(asset_id)
 
     def require(self, asset_id: str) -> SemanticModel:
-        """The model ``asset_id``; ``NotFound`` when there is none. An ID outside
-        ``[A-Za-z0-9_-]{1,64}`` is not looked up at all (``..``, slashes and absolute
-        paths can name nothing)."""
-        model = self.models.get(asset_id) if ASSET_ID_RE.fullmatch(asset_id) else None
+        """The model ``asset_id``; ``NotFound`` when there is none. Only IDs of
+        ``[A-Za-z0-9_-]{1,64}`` are ever loaded, so ``..``, slashes and absolute paths
+        name nothing: they are not in the mapping, which is all that is asked."""
+        model = self.models.get(asset_id)
         if model is None:
             raise NotFound("No semantic model with this asset ID.")
         return model
