@@ -7,7 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 
 from broker.cube.access import Credential
 from broker.errors import InvalidJSON
@@ -15,6 +16,11 @@ from broker.keys.format import looks_like_key
 from broker.settings import Network
 from broker.state import BODIES
 from broker.support.netaddr import parse_ip, plain
+
+#: Header names read on every authenticated request (``istr``: no case folding per lookup).
+X_API_KEY = istr("X-API-Key")
+X_SEMANTIC_MODEL = istr("X-Semantic-Model")
+_ADMIN_KEY_HEADERS = (istr("apikey"), X_API_KEY, istr("X-Athena-Key"))
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -52,29 +58,29 @@ def split_bearer(authorization: str) -> str | None:
 
 def admin_credential(request: web.Request) -> str | None:
     """The admin key from any of the five places SPEC §4 allows."""
-    for header in ("apikey", "X-API-Key", "X-Athena-Key"):
+    for header in _ADMIN_KEY_HEADERS:
         value = request.headers.get(header)
         if value:
             return value
-    bearer = split_bearer(request.headers.get("Authorization", ""))
+    bearer = split_bearer(request.headers.get(hdrs.AUTHORIZATION, ""))
     return bearer or request.query.get("api_key") or None
 
 
 def key_credential(headers: Mapping[str, str]) -> str | None:
     """An Athena key from ``X-API-KEY`` or ``Authorization: Bearer`` (the semantic-model
     API, SPEC §6)."""
-    return headers.get("X-API-Key") or split_bearer(headers.get("Authorization", ""))
+    return headers.get(X_API_KEY) or split_bearer(headers.get(hdrs.AUTHORIZATION, ""))
 
 
 def proxy_credential(headers: Mapping[str, str]) -> Credential:
     """The proxy's two ways in (SPEC §8): an Athena key in ``X-API-KEY`` or ``Bearer ath_…``
     with the model of ``X-Semantic-Model``; else the token of ``Authorization: <jwt>`` or
     ``Bearer <jwt>``."""
-    authorization = headers.get("Authorization", "").strip()
+    authorization = headers.get(hdrs.AUTHORIZATION, "").strip()
     bearer = split_bearer(authorization)
-    key = headers.get("X-API-Key") or (bearer if bearer and looks_like_key(bearer) else None)
+    key = headers.get(X_API_KEY) or (bearer if bearer and looks_like_key(bearer) else None)
     token = bearer if bearer is not None else authorization
-    return Credential(key, token, headers.get("X-Semantic-Model", "").strip())
+    return Credential(key, token, headers.get(X_SEMANTIC_MODEL, "").strip())
 
 
 def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
