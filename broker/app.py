@@ -13,10 +13,10 @@ from aiohttp import web
 from broker.cube.access import CubeAccess
 from broker.cube.client import CubeClient, new_upstream
 from broker.cube.meta_cache import MetaCache
+from broker.http.answer import every_route_answered
 from broker.http.bodies import MAX_BODY, BodyBudget
 from broker.http.guard import BruteForceGuard
 from broker.http.listeners import Listeners
-from broker.http.middlewares import broker_middleware
 from broker.keys.admin import KeyAdmin
 from broker.keys.cache import KeyCache
 from broker.keys.policy import KeyPolicy
@@ -57,10 +57,8 @@ from broker.tokens.verify import TokenVerifier
 def create_app(settings: Settings) -> web.Application:
     """Build the app. Loads the model registry now, so a bad registry fails here with a
     ``ConfigError``; the store and background tasks start with the app."""
-    app = web.Application(
-        client_max_size=MAX_BODY,
-        middlewares=[broker_middleware],
-    )
+    app = web.Application(client_max_size=MAX_BODY)
+    app.on_startup.insert(0, every_route_answered)  # before any resource starts
     # The broker writes its own redacted access line; aiohttp's would log raw query
     # strings (and with them any ?api_key=), whoever runs the app.
     logging.getLogger("aiohttp.access").disabled = True

@@ -1,8 +1,8 @@
 """The broker's own error hierarchy.
 
-Domain code raises these; one middleware (:mod:`broker.http.middlewares`) turns them into the
-JSON error shape of SPEC §3. Messages are written for a person and must never contain a
-secret.
+Domain code raises these; the request context around every handler
+(:mod:`broker.http.answer`) turns them into the JSON error shape of SPEC §3. Messages are
+written for a person and must never contain a secret.
 """
 
 from __future__ import annotations

@@ -44,5 +44,5 @@ LISTENERS = web.AppKey("listeners", Listeners)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
 #: What the broker knows of the request (its ID, listener, client address, key, model
-#: and rate limit): set by the middleware before any handler runs.
+#: and rate limit): set by the request context before any handler runs.
 CONTEXT = web.RequestKey("context", RequestContext)

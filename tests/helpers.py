@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker.http.answer import UNROUTED
 from tests.harness.settings import ADMIN_KEY
 
 Client = TestClient[Any, Any]
@@ -81,3 +83,16 @@ async def scrape(c: Client) -> str:
     assert resp.status == 200
     assert resp.content_type == "text/plain"
     return await resp.text()
+
+
+def served_routes(app: web.Application) -> set[tuple[str, str]]:
+    """(method, canonical path) of every route ``app`` serves, ``*`` for any method; not
+    ``HEAD`` or ``OPTIONS``, nor the last route, which refuses what nothing else matches
+    (:func:`broker.http.answer.unrouted`)."""
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method not in ("HEAD", "OPTIONS")
+        and route.resource is not None
+        and route.resource.name != UNROUTED
+    }

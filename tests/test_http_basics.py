@@ -10,9 +10,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from broker.app import create_app
+from broker.http.answer import answered
 from broker.settings import Settings
 from tests.harness.settings import CALLBACK_SECRET
-from tests.helpers import assert_error
+from tests.helpers import assert_error, served_routes
 
 Client = TestClient[Any, Any]
 
@@ -30,6 +31,21 @@ async def test_wrong_method_is_json_405(client: Client) -> None:
     assert "POST" in resp.headers["Allow"]
 
 
+async def test_a_route_outside_the_request_context_stops_the_start(settings: Settings) -> None:
+    app = create_app(settings)
+
+    async def bare(request: web.Request) -> web.Response:
+        return web.Response(text="no request ID, no JSON errors, no access log")
+
+    app.router.add_get("/bare", bare)
+    runner = web.AppRunner(app)
+    try:
+        with pytest.raises(RuntimeError, match="routes outside the request context: /bare"):
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+
+
 async def test_unexpected_exception_is_generic_500(
     aiohttp_client: Any, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -38,7 +54,7 @@ async def test_unexpected_exception_is_generic_500(
     async def boom(request: web.Request) -> web.Response:
         raise RuntimeError("secret-detail-xyz")
 
-    app.router.add_get("/boom", boom)
+    app.router.add_get("/boom", answered(boom))
     c = await aiohttp_client(app)
     resp = await c.get("/boom")
     body = await assert_error(resp, 500, "internal_error")
@@ -113,10 +129,9 @@ async def test_openapi_lists_every_route(client: Client) -> None:
     # A route of any method (decision mode) is documented with those a calling proxy sends.
     any_method = ("GET", "POST", "PUT", "PATCH", "DELETE")
     served = {
-        (route.resource.canonical, method)
-        for route in client.app.router.routes()
-        if route.method not in ("HEAD", "OPTIONS") and route.resource is not None
-        for method in (any_method if route.method == "*" else (route.method,))
+        (path, method)
+        for route_method, path in served_routes(client.app)
+        for method in (any_method if route_method == "*" else (route_method,))
     }
     assert served == documented
 

@@ -10,7 +10,7 @@ from broker import errors
 from broker.app import create_app
 from broker.settings import Settings
 from tests.harness.settings import make_settings
-from tests.helpers import Client
+from tests.helpers import Client, served_routes
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 #: The standard collectors, named in the page as a group rather than one by one.
@@ -40,11 +40,7 @@ def _row_names(page: str) -> set[str]:
 
 def _routes() -> set[tuple[str, str]]:
     """(method, canonical path) of every route the app serves, ``*`` for any method."""
-    return {
-        (route.method, route.resource.canonical)
-        for route in create_app(make_settings()).router.routes()
-        if route.method not in ("HEAD", "OPTIONS") and route.resource is not None
-    }
+    return served_routes(create_app(make_settings()))
 
 
 def _documented_routes(page: str) -> set[tuple[str, str]]:

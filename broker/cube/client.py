@@ -130,7 +130,7 @@ class CubeClient:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
-        finish(request, response)  # the middleware sees it prepared already
+        finish(request, response)  # the request context sees it prepared already
         await response.prepare(request)
         if head:
             await response.write(head)

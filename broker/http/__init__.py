@@ -1,2 +1,3 @@
-"""The HTTP layer around the handlers: the one middleware (request context, errors, access
-log), CORS, the brute-force guard, reading requests, and the OpenAPI document."""
+"""The HTTP layer around the handlers: the request context around every handler (request
+ID, errors, access log), CORS, the brute-force guard, reading requests, and the OpenAPI
+document."""

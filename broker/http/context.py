@@ -15,9 +15,9 @@ X_REQUEST_ID = istr("X-Request-Id")
 
 @dataclass(slots=True, eq=False)
 class RequestContext:
-    """Made by the middleware for every request (``request[CONTEXT]``), filled by the
-    handlers, read by the answer headers (:func:`broker.http.cors.finish_answer`) and the
-    access log.
+    """Made by the request context (:mod:`broker.http.answer`) for every request
+    (``request[CONTEXT]``), filled by the handlers, read by the answer headers
+    (:func:`broker.http.cors.finish_answer`) and the access log.
 
     One object with plain attributes rather than a request key per fact: every
     ``request[...]`` is a Python-level mapping call, and the hot path made a dozen."""
@@ -27,7 +27,7 @@ class RequestContext:
     #: The listener the request came in on (:mod:`broker.http.listeners`).
     listener: str = ANYWHERE
     #: The client's address: the socket peer, or from ``X-Forwarded-For`` behind a
-    #: trusted proxy; empty until the middleware has read it.
+    #: trusted proxy; empty until the request context has read it.
     client_ip: str = ""
     #: ``public_id`` of the key the request authenticated with, for the access log.
     key_public_id: str | None = None

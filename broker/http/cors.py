@@ -2,9 +2,9 @@
 ``RateLimit-*`` (SPEC §4) answer headers.
 
 All are set by :func:`finish_answer` just before an answer's headers are sent: by the
-broker's middleware for every answer a handler returns (error answers included), and by
-:meth:`broker.cube.client.CubeClient.relay` for a streamed proxy answer, which it
-prepares itself; so are a decision's refusal headers
+broker's request context (:mod:`broker.http.answer`) for every answer a handler returns
+(error answers included), and by :meth:`broker.cube.client.CubeClient.relay` for a
+streamed proxy answer, which it prepares itself; so are a decision's refusal headers
 (:func:`broker.http.decision.name_refusal`). A plain call, not aiohttp's
 ``on_response_prepare`` signal: that costs an await and a loop over its receivers on
 every answer.

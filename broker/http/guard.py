@@ -6,7 +6,7 @@ replica that sees the count cross the threshold refuses that address locally unt
 window closes (other replicas follow on that address's next failure there). The guard
 never looks at which key was tried, so nobody can lock a key holder out from another
 address; and a blocked address still passes a credential the broker already knows to be
-good (the middleware asks the verifiers, from memory), so one client failing behind a
+good (the request context asks the verifiers, from memory), so one client failing behind a
 shared NAT or load balancer does not lock out the others.
 """
 

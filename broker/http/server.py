@@ -2,7 +2,7 @@
 parser refuses a request.
 
 aiohttp answers a request its parser cannot read (a bad byte in a header, a field over the
-size limit) by itself, before any middleware runs: a ``text/plain`` body quoting the
+size limit) by itself, before the request context runs: a ``text/plain`` body quoting the
 offending line, and an ERROR log line with a traceback that quotes it too — an admin key
 or callback secret included. :class:`BrokerRunner` serves the same app with a request
 handler that answers those with SPEC §3's JSON (``bad_request``, nothing echoed), logs
@@ -21,8 +21,8 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from broker.errors import BadRequest, BrokerError
+from broker.http.answer import error_response
 from broker.http.cors import SERVER_NAME
-from broker.http.middlewares import error_response
 
 log = logging.getLogger("broker.server")
 
@@ -56,7 +56,7 @@ class _BrokerRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """The answer to a request that never reached the app: the parser's refusal
-        (4xx) or a failure outside the middleware (500)."""
+        (4xx) or a failure outside the request context (500)."""
         if request.writer.output_size > 0:
             raise ConnectionError("the answer has started; no error answer can follow")
         error: BrokerError

@@ -1,9 +1,18 @@
-"""The broker's middleware: request context (ID, client address, access log, metrics), the
-brute-force guard, CORS preflights, and the one place errors become JSON."""
+"""The broker's request context around every handler: request ID and client address, the
+brute-force guard, CORS preflights, the one place errors become JSON, the answer headers,
+metrics and the access log.
+
+It wraps each route's handler (:func:`answered`, in :mod:`broker.routes`) rather than
+being an aiohttp middleware: with any middleware, aiohttp adds a layer of its own to every
+request (a coroutine that sets and resets ``match_info.current_app``) and looks the chain
+up in a cache; a plain wrapper costs neither. What no route matches reaches
+:func:`unrouted`, the last route, so aiohttp's 404 and 405 pass here too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -69,7 +78,43 @@ def route_template(request: web.Request, listener: str) -> str:
         return "unmatched"
     info = request.match_info
     resource = info.route.resource if info.http_exception is None else None
-    return resource.canonical if resource is not None else "unmatched"
+    if resource is None or resource.name == UNROUTED:
+        return "unmatched"
+    return resource.canonical
+
+
+#: The name of the last route, which matches every path nothing else does.
+UNROUTED = "unrouted"
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """What no route matched: 405 naming the methods the path takes, else 404 (mapped to
+    SPEC §3 by :func:`map_error`, like any ``HTTPException``)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name != UNROUTED:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def answered(handler: Handler) -> Handler:
+    """``handler`` run in the broker's request context (:func:`_answer`)."""
+    return functools.partial(_answer, handler=handler)
+
+
+async def every_route_answered(app: web.Application) -> None:
+    """At start-up: refuse to serve a route added without :func:`answered` (it would
+    answer outside the request context: no JSON errors, no guard, no access log)."""
+    bare = [
+        route.resource.canonical if route.resource is not None else "?"
+        for route in app.router.routes()
+        if not (isinstance(route.handler, functools.partial) and route.handler.func is _answer)
+    ]
+    if bare:
+        raise RuntimeError(f"routes outside the request context: {', '.join(bare)}")
 
 
 def error_body(exc: BrokerError) -> dict[str, Any]:
@@ -86,15 +131,14 @@ def error_response(exc: BrokerError) -> web.Response:
     return response
 
 
-@web.middleware
-async def broker_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The broker's one middleware, in this order: request ID and client address, CORS
-    preflight, the brute-force guard, the handler; every error becomes SPEC §3's JSON
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request context, in this order: request ID and client address, CORS preflight,
+    the brute-force guard, the handler; every error becomes SPEC §3's JSON
     (:func:`map_error`); the answer gets the broker's headers
     (:func:`~broker.http.cors.finish_answer`); then metrics and one access-log line.
 
-    One layer rather than four: each aiohttp middleware layer costs a call chain on every
-    request, and this is the proxy's hot path.
+    One layer rather than four: each layer costs a call chain on every request, and this
+    is the proxy's hot path.
     """
     started = time.perf_counter()
     app = request.app  # a property lookup through the match info: read once
