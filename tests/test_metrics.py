@@ -16,7 +16,7 @@ from broker import __version__
 from broker.app import create_app
 from broker.errors import StoreUnavailable
 from broker.settings import Settings
-from broker.state import BODIES, REGISTRY, STORE
+from broker.state import BODIES, METRICS, REGISTRY, STORE
 from broker.store import KeyChanges
 from broker.support.metrics import Metrics
 from tests.harness import DATA
@@ -238,3 +238,26 @@ def test_request_histograms_count_each_observation_in_its_bucket() -> None:
         sample(text, "broker_requests_total", **{**counted, "method": "OTHER", "status": "418"})
         == 1
     )
+
+
+async def test_requests_are_counted_per_route_and_methods_keep_the_series_bounded(
+    client: Client,
+) -> None:
+    """Two paths of one route are one series; methods outside the standard ones (the decision
+    routes take any) are all ``OTHER``: neither the series nor the bound counters grow."""
+    for ident in ("k1", "k2", "k3"):
+        await client.get(f"/admin/api-keys/{ident}")
+    for method in ("PROPFIND", "MKCOL", "LOCK", "UNLOCK", "REPORT"):
+        await client.request(method, "/auth/v1/cube/x")
+    text = await scrape(client)
+    keys = {"listener": "any", "route": "/admin/api-keys/{id}", "method": "GET"}
+    assert sample(text, "broker_requests_total", status="401", **keys) == 3
+    decided = {"listener": "any", "route": "/auth/v1/cube/{path}", "status": "404"}
+    assert sample(text, "broker_requests_total", method="OTHER", **decided) == 5
+    methods = {
+        dict(labels)["method"]
+        for labels in samples(text, "broker_requests_total")
+        if dict(labels)["route"] == "/auth/v1/cube/{path}"
+    }
+    assert methods == {"OTHER"}
+    assert len(client.app[METRICS].request_slots) <= 3  # get, OTHER, and the scrape

@@ -53,6 +53,7 @@ from broker.state import (
     TOKEN_VERIFIER,
 )
 from broker.support.logs import redact
+from broker.support.metrics import STANDARD_METHODS
 from broker.support.tracing import trace_id
 
 access_log = logging.getLogger("broker.access")
@@ -265,11 +266,23 @@ def map_error(request: web.Request, context: RequestContext, exc: Exception) -> 
 
 
 def _account(request: web.Request, context: RequestContext, status: int, elapsed: float) -> None:
-    """Count and time the request, and write its access-log line."""
-    listener = context.listener
-    request.app[METRICS].observe_request(
-        listener, route_template(request, listener), request.method, status, elapsed
+    """Count and time the request, and write its access-log line.
+
+    The counters are bound once per (route, listener, method, status): which listener
+    serves a route's paths depends on the route alone, so its template does too."""
+    listener, method, info = context.listener, request.method, request.match_info
+    key = (
+        info.route if info.http_exception is None else None,
+        listener,
+        method if method in STANDARD_METHODS else "OTHER",
+        status,
     )
+    metrics = request.app[METRICS]
+    slot = metrics.request_slots.get(key)
+    if slot is None:
+        template = route_template(request, listener)
+        slot = metrics.request_slots[key] = metrics.request_slot(listener, template, method, status)
+    slot.observe(elapsed)
     if not access_log.isEnabledFor(logging.INFO):
         return
     path = redact(request.path_qs)

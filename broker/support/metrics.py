@@ -46,7 +46,7 @@ _LATENCY_BUCKETS = (
 )
 
 
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _Tally(Collector):
@@ -65,7 +65,8 @@ class _Tally(Collector):
         self._labels = labels
         self._bounds = buckets
         self._les = [*(repr(float(b)) for b in buckets), "+Inf"]
-        self._counts: dict[tuple[str, ...], int] = {}
+        #: per label values: a one-element list, so a bound updater can hold the cell
+        self._counts: dict[tuple[str, ...], list[int]] = {}
         #: per label values: the count in each bucket (the last: above every bound), sum
         self._observed: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
         self._children: dict[tuple[str, ...], Child] = {}
@@ -78,19 +79,35 @@ class _Tally(Collector):
         return found
 
     def inc(self, values: tuple[str, ...]) -> None:
-        self._counts[values] = self._counts.get(values, 0) + 1
+        self.count_cell(values)[0] += 1
 
     def observe(self, values: tuple[str, ...], seconds: float) -> None:
+        counts, total = self.observed_cells(values)
+        counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        total[0] += seconds
+
+    def count_cell(self, values: tuple[str, ...]) -> list[int]:
+        """The count of these label values, as a one-element list (made at 0 once)."""
+        cell = self._counts.get(values)
+        if cell is None:
+            cell = self._counts[values] = [0]
+        return cell
+
+    def observed_cells(self, values: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        """The bucket counts and the one-element sum of these label values."""
         seen = self._observed.get(values)
         if seen is None:
             seen = self._observed[values] = ([0] * (len(self._bounds) + 1), [0.0])
-        seen[0][bisect.bisect_left(self._bounds, seconds)] += 1
-        seen[1][0] += seconds
+        return seen
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return self._bounds
 
     def collect(self) -> Iterable[Metric]:
         if not self._bounds:
             counter = CounterMetricFamily(self._name, self._doc, labels=self._labels)
-            for values, count in self._counts.items():
+            for values, (count,) in self._counts.items():
                 counter.add_metric(list(values), count)
             return [counter]
         histogram = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
@@ -118,6 +135,24 @@ class Child:
 
     def observe(self, seconds: float) -> None:
         self._tally.observe(self._values, seconds)
+
+
+class RequestSlot:
+    """What one kind of answer updates — its count in ``broker_requests`` and its duration
+    histogram — bound once, so that answering a request is two increments and a
+    bisection (:meth:`Metrics.request_slot`)."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_total")
+
+    def __init__(self, requests: _Tally, durations: _Tally, labels: tuple[str, ...]) -> None:
+        self._count = requests.count_cell(labels)
+        self._buckets, self._total = durations.observed_cells(labels[:2])
+        self._bounds = durations.bounds
+
+    def observe(self, seconds: float) -> None:
+        self._count[0] += 1
+        self._buckets[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._total[0] += seconds
 
 
 class KeyFeed(Protocol):
@@ -224,15 +259,22 @@ class Metrics:
         )
         for result in ("hit", "miss"):
             self.meta_cache.labels(result)  # both exported from the start, at 0
+        #: :meth:`request_slot` per (route, listener, method, status), kept by the
+        #: request context (:mod:`broker.http.answer`): bounded, as each part is.
+        self.request_slots: dict[tuple[object, str, str, int], RequestSlot] = {}
+
+    def request_slot(self, listener: str, route: str, method: str, status: int) -> RequestSlot:
+        """The counters of answers ``status`` to ``method`` on ``route`` (a template) of
+        ``listener``; a method outside the standard ones is counted as ``OTHER``."""
+        method = method if method in STANDARD_METHODS else "OTHER"  # keep the label set bounded
+        labels = (listener, route, method, str(status))
+        return RequestSlot(self._requests, self._request_duration, labels)
 
     def observe_request(
         self, listener: str, route: str, method: str, status: int, seconds: float
     ) -> None:
-        """Count and time one answered request."""
-        if method not in _METHODS:
-            method = "OTHER"  # clients choose methods: keep the label set bounded
-        self._requests.inc((listener, route, method, str(status)))
-        self._request_duration.observe((listener, route), seconds)
+        """Count and time one answered request (:meth:`request_slot` binds this once)."""
+        self.request_slot(listener, route, method, status).observe(seconds)
 
     def follow_key_feed(self, feed: KeyFeed) -> None:
         """Export the key cache's change feed: its age, computed at each scrape, and the
