@@ -51,4 +51,5 @@ def setup_routes(app: web.Application) -> None:
             r.add_route(method, path, forward)
     # Last, so it matches only what nothing above does: aiohttp's 404 and 405, answered
     # in the same context (SPEC §3's JSON, the answer headers, metrics, the access log).
-    r.add_route("*", "/{unrouted:.*}", answered(unrouted), name=UNROUTED)
+    # [\s\S], not ".": a decoded path may hold a line break (%0A), which "." never matches.
+    r.add_route("*", r"/{unrouted:[\s\S]*}", answered(unrouted), name=UNROUTED)

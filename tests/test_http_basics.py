@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+import yarl
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -23,6 +24,16 @@ async def test_unknown_route_is_json_404(client: Client) -> None:
     body = await assert_error(resp, 404, "not_found")
     assert set(body) == {"status", "message", "error"}
     assert resp.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/nope%0Aline", "/auth/v1/cube/%27%C3%9E%0AU", "/%0A", "/api/v0/semantic-model/a%0Ab"]
+)
+async def test_a_path_with_an_encoded_line_break_is_json_404_too(client: Client, path: str) -> None:
+    """Found by the OpenAPI fuzzing: a decoded path holding a line break matched no route
+    pattern (``.`` skips it) and got aiohttp's own text answer."""
+    resp = await client.post(yarl.URL(path, encoded=True))
+    await assert_error(resp, 404, "not_found")
 
 
 async def test_wrong_method_is_json_405(client: Client) -> None:
