@@ -8,7 +8,7 @@ from aiohttp.typedefs import Handler
 
 from broker.cube.access import FORWARDED
 from broker.handlers import admin, cube, decision, health, internal, semantic
-from broker.http.answer import UNROUTED, answered, unrouted
+from broker.http.answer import add_unrouted, answered
 from broker.http.decision import DECISION_PATH
 
 _MODEL = "/api/v0/semantic-model/{asset_id}"
@@ -51,5 +51,4 @@ def setup_routes(app: web.Application) -> None:
             r.add_route(method, path, forward)
     # Last, so it matches only what nothing above does: aiohttp's 404 and 405, answered
     # in the same context (SPEC §3's JSON, the answer headers, metrics, the access log).
-    # [\s\S], not ".": a decoded path may hold a line break (%0A), which "." never matches.
-    r.add_route("*", r"/{unrouted:[\s\S]*}", answered(unrouted), name=UNROUTED)
+    add_unrouted(r)

@@ -85,11 +85,18 @@ async def test_the_server_header_names_no_versions(client: Client) -> None:
         assert resp.headers["Server"] == "cube-token-broker"
 
 
-async def test_an_absolute_form_target_is_refused(served: Served) -> None:
-    """``GET http://host/…`` is for a forward proxy: 400, and nothing is built from it."""
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("GET", b"http://169.254.169.254/cubejs-api/v1/meta"), ("OPTIONS", b"*"), ("GET", b"*")],
+)
+async def test_a_target_that_is_not_a_path_is_refused(
+    served: Served, method: str, target: bytes
+) -> None:
+    """``GET http://host/…`` is for a forward proxy, ``OPTIONS *`` asks about the server:
+    400 in SPEC §3's JSON, and nothing is built from either."""
     reader, writer = await served.connect()
     writer.write(
-        b"GET http://169.254.169.254/cubejs-api/v1/meta HTTP/1.1\r\nHost: broker\r\n"
+        method.encode() + b" " + target + b" HTTP/1.1\r\nHost: broker\r\n"
         b"Authorization: x\r\n\r\n"
     )
     await writer.drain()

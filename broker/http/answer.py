@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import DynamicResource
 from multidict import istr
 
 from broker.cube.callback import CALLBACK_SECRET_HEADER
@@ -86,6 +87,24 @@ def route_template(request: web.Request, listener: str) -> str:
 
 #: The name of the last route, which matches every path nothing else does.
 UNROUTED = "unrouted"
+
+
+class _EveryPath(DynamicResource):
+    """A resource that matches every path: any character (``.`` would skip a decoded line
+    break) and targets that are no path at all (``OPTIONS *``)."""
+
+    def __init__(self) -> None:
+        super().__init__("/{unrouted}", name=UNROUTED)
+
+    def _match(self, path: str) -> dict[str, str]:
+        return {"unrouted": path}
+
+
+def add_unrouted(router: web.UrlDispatcher) -> None:
+    """Add, last, the route of every request no other route matches (:func:`unrouted`)."""
+    resource = _EveryPath()
+    router.register_resource(resource)
+    resource.add_route("*", answered(unrouted))
 
 
 async def unrouted(request: web.Request) -> web.StreamResponse:
