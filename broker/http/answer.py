@@ -173,8 +173,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             context.client_ip = client_ip(request, app[SETTINGS].trusted_proxies)
             if not request.raw_path.startswith("/"):
-                # An absolute-form target (``GET http://host/…``) is for a forward proxy:
-                # the broker builds nothing from it.
+                # An absolute-form target (``GET http://host/…``) is for a forward proxy,
+                # the asterisk form (``OPTIONS *``) asks about the server: the broker
+                # builds nothing from either.
                 raise BadRequestError("The request target must be a path.")
             listener = context.listener = app[LISTENERS].of(request)
             if is_preflight(request):
