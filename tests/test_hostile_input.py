@@ -96,8 +96,7 @@ async def test_a_target_that_is_not_a_path_is_refused(
     400 in SPEC §3's JSON, and nothing is built from either."""
     reader, writer = await served.connect()
     writer.write(
-        method.encode() + b" " + target + b" HTTP/1.1\r\nHost: broker\r\n"
-        b"Authorization: x\r\n\r\n"
+        method.encode() + b" " + target + b" HTTP/1.1\r\nHost: broker\r\nAuthorization: x\r\n\r\n"
     )
     await writer.drain()
     status, body, _ = await read_answer(reader)
