@@ -76,11 +76,8 @@ _HTTP_ERRORS: dict[int, type[BrokerError]] = {
 def route_template(request: web.Request, listener: str) -> str:
     """The matched route's template (``/admin/api-keys/{id}``), never the raw path;
     ``unmatched`` for unknown paths and for ``listener``'s not serving the route."""
-    if not serves(listener, request.path):
-        return "unmatched"
-    info = request.match_info
-    resource = info.route.resource if info.http_exception is None else None
-    if resource is None or resource.name == UNROUTED:
+    resource = request.match_info.route.resource  # the context runs in matched routes only
+    if not serves(listener, request.path) or resource is None or resource.name == UNROUTED:
         return "unmatched"
     return resource.canonical
 
@@ -290,9 +287,9 @@ def _account(request: web.Request, context: RequestContext, status: int, elapsed
 
     The counters are bound once per (route, listener, method, status): which listener
     serves a route's paths depends on the route alone, so its template does too."""
-    listener, method, info = context.listener, request.method, request.match_info
+    listener, method = context.listener, request.method
     key = (
-        info.route if info.http_exception is None else None,
+        request.match_info.route,  # one of the registered routes: the keys stay bounded
         listener,
         method if method in STANDARD_METHODS else "OTHER",
         status,
